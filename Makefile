@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - install what is missing, then run the main job
+#   make test   - install what is missing (test tools too), then run the tests
+# torch==2.13.0 is installed first on its own: on our CPU machines that is a local CPU
+# build, so nothing downloads a CUDA torch. GPU machines: `pip install .[gpu]` instead.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all bench install system-deps clean
+
+$(VENV)/.system-deps:
+	@mkdir -p $(VENV)
+	@if ! $(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1; then \
+	  echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv; fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/dedup bench --gallery-size 100000 --queries 2000 --profile face-like --seed 1
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Slow tests too (minutes): large galleries, the full profile fits.
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/dedup bench --job jobs/bench-1m.toml --json benchmarks/results/bench-1m.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

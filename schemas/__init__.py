@@ -1,0 +1,94 @@
+"""On-disk formats of dedup, defined once as pyarrow schemas.
+
+This folder ships inside the package as ``dedup.schemas`` (see ``pyproject.toml``), so the
+same definitions serve the source tree and an installed wheel. Every Parquet file dedup
+writes is written with one of these, and every one it reads is checked against them
+(``check_schema``), so a wrong file gets a clear message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+
+def templates_schema(dim: int) -> pa.Schema:
+    """Templates: one row per face that passed, from ``dedup embed`` or ``dedup.synth``.
+
+    - ``source``: the photo's path as given, or ``synth:...`` for synthetic templates
+    - ``model_id``: the face model that made the embedding; different models never compare
+    - ``embedding``: L2-normalised float32 vector of ``dim`` values
+    - ``quality``: 0..1, higher is better (synthetic: the capture's quality draw)
+    - ``identity`` / ``group``: labels for evaluation sets (null for real enrolments);
+      ``group`` is a demographic label used only for accuracy audits, never for matching
+    - ``synthetic``: true for generated templates, so they are marked everywhere they appear
+    """
+    return pa.schema(
+        [
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("model_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("quality", pa.float32(), nullable=False),
+            pa.field("identity", pa.string(), nullable=True),
+            pa.field("group", pa.string(), nullable=True),
+            pa.field("synthetic", pa.bool_(), nullable=False),
+        ],
+        metadata={"dedup.schema": "templates", "dedup.schema_version": SCHEMA_VERSION, "dedup.dim": str(dim)},
+    )
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # a stable code: no_face, multiple_faces, ...
+        pa.field("detail", pa.string(), nullable=False),  # measured value and limit, for people
+    ],
+    metadata={"dedup.schema": "rejects", "dedup.schema_version": SCHEMA_VERSION},
+)
+
+# The gallery's id map: one row per gallery row, per shard (``rows.parquet`` in a shard).
+GALLERY_ROWS_SCHEMA = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),
+        pa.field("enrolment_id", pa.string(), nullable=False),
+    ],
+    metadata={"dedup.schema": "gallery_rows", "dedup.schema_version": SCHEMA_VERSION},
+)
+
+# Search results: one row per (probe, candidate) with the exact score.
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("probe", pa.int64(), nullable=False),
+        pa.field("row_id", pa.int64(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+    ],
+    metadata={"dedup.schema": "candidates", "dedup.schema_version": SCHEMA_VERSION},
+)
+
+
+def check_schema(actual: pa.Schema, expected: pa.Schema, what: str) -> None:
+    """Raise ``dedup.errors.BadInput`` naming every missing or mistyped column."""
+    from dedup.errors import BadInput
+
+    problems = []
+    for f in expected:
+        idx = actual.get_field_index(f.name)
+        if idx < 0:
+            if not f.nullable:
+                problems.append(f"missing column {f.name!r} ({f.type})")
+            continue
+        got = actual.field(idx).type
+        if not got.equals(f.type) and not _compatible(got, f.type):
+            problems.append(f"column {f.name!r} is {got}, expected {f.type}")
+    if problems:
+        raise BadInput(f"{what}: wrong schema: " + "; ".join(problems))
+
+
+def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
+    # large_string / string and list / fixed_size_list of the same value type read alike.
+    if pa.types.is_string(want) and (pa.types.is_large_string(got) or pa.types.is_string(got)):
+        return True
+    if pa.types.is_fixed_size_list(want) and pa.types.is_fixed_size_list(got):
+        return got.list_size == want.list_size and got.value_type.equals(want.value_type)
+    return False
