@@ -65,7 +65,7 @@ class SearchSettings:
     depth: int = setting(64, "PQ-ranked rows re-ranked exactly per probe before deepening")
     max_depth: int = setting(4096, "deepest a probe is searched when all of its re-ranked rows are above the threshold")
     max_candidates: int = setting(100, "candidates kept per probe (highest exact scores); probes that hit it are reported as capped")
-    deepen_margin: float = setting(0.05, "a probe is deepened while the exact score of its last PQ-ranked row is within this margin of the threshold")
+    deepen_margin: float = setting(0.0, "a probe is searched deeper while the exact score of its last PQ-ranked row is at or above threshold minus this margin")
     probe_block: int = setting(4096, "probes searched together in one block")
 
     def __post_init__(self) -> None:
@@ -94,12 +94,136 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The deployment's database, adjudication leases and `dedup run` batches."""
+
+    database_url: str = setting("", "PostgreSQL URL (postgresql://...); empty uses the deployment's embedded server in DIR/pg")
+    lease_seconds: int = setting(900, "how long a claimed adjudication case stays with its adjudicator before it returns to the queue")
+    run_batch_size: int = setting(256, "received enrolments `dedup run` takes per step (one embed + search + decide unit)")
+    max_photo_bytes: int = setting(20_000_000, "largest photo accepted at submission, in bytes")
+    max_photo_pixels: int = setting(40_000_000, "largest photo accepted at submission, in pixels (width x height)")
+
+    def __post_init__(self) -> None:
+        require(self.database_url == "" or self.database_url.startswith(("postgresql://", "postgres://")),
+                "database_url must be empty (embedded) or start with postgresql://")
+        require(self.lease_seconds >= 1, "lease_seconds must be >= 1")
+        require(self.run_batch_size >= 1, "run_batch_size must be >= 1")
+        require(self.max_photo_bytes >= 1024, "max_photo_bytes must be >= 1024")
+        require(self.max_photo_pixels >= 10_000, "max_photo_pixels must be >= 10000")
+
+
+def _float_triple(text: str) -> tuple[float, float, float] | None:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        return None
+    return values if len(values) == 3 else None  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """The face pipeline (`dedup embed`): photo limits, detection, quality limits, the model."""
+
+    max_bytes: int = setting(20_000_000, "largest photo file embedded, in bytes (too_large)")
+    max_pixels: int = setting(40_000_000, "largest photo embedded, width x height, checked from the header before decoding: against decompression bombs (too_large)")
+    formats: str = setting("JPEG,PNG,WEBP,BMP,TIFF,GIF,PPM,MPO", "image formats (Pillow names) that are decoded; any other is unsupported_format")
+    detect_max_side: int = setting(1024, "photos whose longest side is larger are shrunk to it for face detection only; landmarks and crops use the full photo")
+    detect_upsample: int = setting(0, "times dlib's detector upsamples the photo (0 finds faces from ~80 px, 1 from ~40 px); a photo with no face is retried once at one more")
+    multi_face_area_ratio: float = setting(4.0, "several faces: keep the largest only if its box has at least this many times the area of every other face, else multiple_faces")
+    multi_face_min_score: float = setting(0.5, "a second detection counts as a face (for multiple_faces) only at this detector score or more")
+    min_inter_eye: float = setting(30.0, "smallest distance between the eye centres, in photo pixels (face_too_small)")
+    min_sharpness: float = setting(12.0, "smallest sharpness: 100 x std of the Laplacian / std of the grey face crop (too_blurry)")
+    min_brightness: float = setting(40.0, "darkest mean grey level (0..255) of the face crop (too_dark)")
+    max_brightness: float = setting(220.0, "brightest mean grey level (0..255) of the face crop (overexposed)")
+    max_roll: float = setting(25.0, "largest head roll (tilt of the eye line), degrees (extreme_pose)")
+    max_yaw: float = setting(0.35, "largest yaw index: nose offset from the eye midpoint along the eye line / inter-eye distance (extreme_pose)")
+    model: str = setting("dlib", "face model: dlib (the built-in ResNet), torchscript or onnx")
+    model_path: str = setting("", "model file; empty uses the dlib weights shipped by face-recognition-models")
+    input_size: int = setting(150, "side of the square aligned face crop the model takes, pixels")
+    mean: str = setting("122.782,117.001,104.298", "per-channel R,G,B value subtracted from crop pixels (0..255)")
+    std: str = setting("256,256,256", "per-channel R,G,B divisor applied after the mean")
+    align_padding: float = setting(0.25, "margin around dlib's 5-point face template in the crop (get_face_chip's padding)")
+    output_dim: int = setting(128, "embedding dimension the model outputs")
+    batch_size: int = setting(64, "face crops per torch batch")
+    device: str = setting("auto", "embedding device: auto (GPU when torch sees one), cpu or cuda")
+    allow_tf32: bool = setting(False, "allow TF32 on the GPU: faster, but templates then differ from CPU ones by ~1e-4")
+    workers: int = setting(0, "processes that decode, detect and align in parallel; 0 uses one per core, 1 works in-process")
+
+    def __post_init__(self) -> None:
+        require(self.max_bytes >= 1024, "max_bytes must be >= 1024")
+        require(self.max_pixels >= 10_000, "max_pixels must be >= 10000")
+        require(bool(self.format_list), "formats must name at least one image format")
+        require(self.detect_max_side >= 160, "detect_max_side must be >= 160")
+        require(0 <= self.detect_upsample <= 2, "detect_upsample must be 0, 1 or 2")
+        require(self.multi_face_area_ratio >= 1.0, "multi_face_area_ratio must be >= 1")
+        require(self.multi_face_min_score >= 0.0, "multi_face_min_score must be >= 0")
+        require(self.min_inter_eye >= 0, "min_inter_eye must be >= 0")
+        require(self.min_sharpness >= 0, "min_sharpness must be >= 0")
+        require(0 <= self.min_brightness < self.max_brightness <= 255, "need 0 <= min_brightness < max_brightness <= 255")
+        require(0 < self.max_roll <= 90, "max_roll must be in (0, 90] degrees")
+        require(0 < self.max_yaw <= 2, "max_yaw must be in (0, 2]")
+        require(self.model in ("dlib", "torchscript", "onnx"), "model must be dlib, torchscript or onnx")
+        require(self.model == "dlib" or self.model_path != "", f"model {self.model} needs model_path")
+        require(16 <= self.input_size <= 1024, "input_size must be between 16 and 1024")
+        require(_float_triple(self.mean) is not None, "mean must be three comma-separated numbers (R,G,B)")
+        std = _float_triple(self.std)
+        require(std is not None and all(v > 0 for v in std), "std must be three comma-separated positive numbers (R,G,B)")
+        require(0 <= self.align_padding <= 2, "align_padding must be between 0 and 2")
+        require(self.output_dim >= 1, "output_dim must be >= 1")
+        require(self.batch_size >= 1, "batch_size must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
+        require(self.workers >= 0, "workers must be >= 0")
+        if self.model == "dlib":
+            # The built-in network fixes its own input; other values would silently change it.
+            require(self.input_size == 150 and self.output_dim == 128, "the dlib model takes 150 px crops and outputs 128 values")
+            require(self.mean_rgb == (122.782, 117.001, 104.298) and self.std_rgb == (256.0, 256.0, 256.0),
+                    "the dlib model fixes mean and std; change them only for a torchscript/onnx model")
+            require(self.align_padding == 0.25, "the dlib model was trained on crops with align_padding 0.25")
+
+    @property
+    def format_list(self) -> tuple[str, ...]:
+        """``formats`` as a tuple of upper-case Pillow format names."""
+        return tuple(f.strip().upper() for f in self.formats.split(",") if f.strip())
+
+    @property
+    def mean_rgb(self) -> tuple[float, float, float]:
+        """``mean`` parsed."""
+        return _float_triple(self.mean) or (0.0, 0.0, 0.0)
+
+    @property
+    def std_rgb(self) -> tuple[float, float, float]:
+        """``std`` parsed."""
+        return _float_triple(self.std) or (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Threshold calibration (`dedup calibrate`) and the growth check of `dedup run`."""
+
+    target_fpir: float = setting(0.001, "FPIR the threshold is calibrated for: fraction of enrolments of new people sent to adjudication")
+    impostor_pairs: int = setting(50_000_000, "impostor pairs sampled (all pairs of a random subset of templates) to estimate the FMR tail")
+    tail_fraction: float = setting(1e-4, "fraction of sampled impostor pairs above the tail model's threshold u (generalized Pareto fitted above u)")
+    bootstrap: int = setting(200, "bootstrap replicates over templates for the threshold's confidence interval")
+    confidence: float = setting(0.95, "confidence level of every interval reported by eval and calibrate")
+
+    def __post_init__(self) -> None:
+        require(0.0 < self.target_fpir < 1.0, "target_fpir must be between 0 and 1")
+        require(self.impostor_pairs >= 1000, "impostor_pairs must be >= 1000")
+        require(0.0 < self.tail_fraction < 0.5, "tail_fraction must be between 0 and 0.5")
+        require(self.bootstrap >= 0, "bootstrap must be >= 0")
+        require(0.5 <= self.confidence < 1.0, "confidence must be in [0.5, 1)")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a deployment, by section."""
 
     index: IndexSettings = field(default_factory=IndexSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    face: FaceSettings = field(default_factory=FaceSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
 
     def replace(self, section: str, **changes: Any) -> "Settings":
         """Return a copy with some fields of one section changed (validated)."""
@@ -154,7 +278,7 @@ def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = 
 
 
 # DEDUP_* variables that are not settings (read by the CLI itself).
-_NON_SETTING_ENV = {"DEDUP_HOME", "DEDUP_USER"}
+_NON_SETTING_ENV = {"DEDUP_HOME", "DEDUP_USER", "DEDUP_CRASH_AT"}
 
 
 def _split_env(name: str) -> tuple[str | None, str]:

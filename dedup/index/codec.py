@@ -1,0 +1,166 @@
+"""The codec: IVF coarse centroids + PQ codebooks, trained once, shared by every shard.
+
+Templates are L2-normalised, so the index uses the L2 metric: for unit vectors
+``|q - x|^2 = 2 - 2 cos(q, x)``, so L2 order is cosine order. L2 also makes IVF encode
+residuals against the coarse centroid, which centres the narrow cone face embeddings live in
+before product quantisation (the "centring" the design asks about comes for free).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dedup.errors import GalleryError, InvalidParameter
+
+CODEC_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """Shape of the codec. ``pq_bits`` 4 selects FAISS's fast-scan IVF-PQ."""
+
+    dim: int
+    nlist: int
+    pq_m: int
+    pq_bits: int
+
+    def __post_init__(self) -> None:
+        if self.dim < 2:
+            raise InvalidParameter(f"dim must be >= 2, got {self.dim}")
+        if self.nlist < 1:
+            raise InvalidParameter(f"nlist must be >= 1, got {self.nlist}")
+        if self.pq_bits not in (4, 8):
+            raise InvalidParameter(f"pq_bits must be 4 or 8, got {self.pq_bits}")
+        if self.pq_m < 1 or self.dim % self.pq_m:
+            raise InvalidParameter(f"pq_m ({self.pq_m}) must divide the dimension ({self.dim})")
+        if self.pq_bits == 4 and self.pq_m % 2:
+            raise InvalidParameter(f"4-bit fast-scan PQ needs an even pq_m, got {self.pq_m}")
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes of PQ code per template."""
+        return math.ceil(self.pq_m * self.pq_bits / 8)
+
+    @property
+    def min_train(self) -> int:
+        """Fewest training vectors for sound k-means (FAISS warns below 39 per centroid)."""
+        return max(39 * self.nlist, 39 * (1 << self.pq_bits) if self.pq_bits == 8 else 1000)
+
+
+def choose_nlist(n_templates: int) -> int:
+    """About 4*sqrt(N) coarse lists, as a power of two, between 16 and 65536."""
+    target = 4.0 * math.sqrt(max(n_templates, 1))
+    return int(min(65536, max(16, 2 ** round(math.log2(target)))))
+
+
+def fit_nlist(spec_nlist: int, n_templates: int, n_train: int) -> int:
+    """The configured nlist, or the automatic one, reduced so training has 39 points per list."""
+    nlist = spec_nlist or choose_nlist(n_templates)
+    limit = max(1, n_train // 39)
+    while nlist > limit and nlist > 1:
+        nlist //= 2
+    return nlist
+
+
+class Codec:
+    """A trained, empty IVF-PQ index plus its spec and a content version."""
+
+    def __init__(self, spec: CodecSpec, index: "object", version: str) -> None:
+        self.spec = spec
+        self._index = index
+        self.version = version
+
+    @staticmethod
+    def train(sample: np.ndarray, spec: CodecSpec, seed: int = 1234) -> "Codec":
+        """Train coarse centroids and PQ codebooks on ``sample`` (unit vectors, float32)."""
+        import faiss
+
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if sample.ndim != 2 or sample.shape[1] != spec.dim:
+            raise InvalidParameter(f"training sample must be (n, {spec.dim}), got {sample.shape}")
+        if sample.shape[0] < spec.nlist:
+            raise InvalidParameter(
+                f"training needs at least nlist={spec.nlist} vectors, got {sample.shape[0]}; "
+                "lower index.nlist or add templates first")
+        quantizer = faiss.IndexFlatL2(spec.dim)
+        if spec.pq_bits == 4:
+            index = faiss.IndexIVFPQFastScan(quantizer, spec.dim, spec.nlist, spec.pq_m, 4, faiss.METRIC_L2)
+        else:
+            index = faiss.IndexIVFPQ(quantizer, spec.dim, spec.nlist, spec.pq_m, 8, faiss.METRIC_L2)
+        index.own_fields = True
+        quantizer.this.disown()
+        index.cp.seed = seed
+        index.cp.max_points_per_centroid = 256  # bounds k-means time; FAISS subsamples beyond
+        index.train(sample)
+        return Codec(spec, index, _version_of(index, spec))
+
+    def empty_index(self) -> "object":
+        """A fresh copy of the trained, empty index (one per shard)."""
+        import faiss
+
+        return faiss.clone_index(self._index)
+
+    def save(self, path: Path) -> None:
+        """Write the codec atomically (``path`` and ``path.json``)."""
+        import faiss
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self._index, str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, path)
+        meta = {"format": CODEC_FORMAT, "version": self.version, **asdict(self.spec)}
+        _atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2))
+
+    @staticmethod
+    def load(path: Path) -> "Codec":
+        """Read a codec written by ``save``; the version is checked against the content."""
+        import faiss
+
+        path = Path(path)
+        meta_path = path.with_name(path.name + ".json")
+        if not path.exists() or not meta_path.exists():
+            raise GalleryError(f"codec missing at {path}")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != CODEC_FORMAT:
+            raise GalleryError(f"{path}: codec format {meta.get('format')} is not supported (expected {CODEC_FORMAT})")
+        spec = CodecSpec(meta["dim"], meta["nlist"], meta["pq_m"], meta["pq_bits"])
+        index = faiss.read_index(str(path))
+        version = _version_of(index, spec)
+        if version != meta["version"]:
+            raise GalleryError(f"{path}: codec content does not match its recorded version (corrupt file?)")
+        return Codec(spec, index, version)
+
+
+def _version_of(index: "object", spec: CodecSpec) -> str:
+    import faiss
+
+    blob = faiss.serialize_index(index)
+    h = hashlib.sha256(np.asarray(blob).tobytes())
+    h.update(json.dumps(asdict(spec), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

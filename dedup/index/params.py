@@ -1,0 +1,54 @@
+"""Search parameters: what a threshold search needs, separate from where it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dedup.config import SearchSettings
+from dedup.errors import InvalidParameter
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """How one threshold search runs.
+
+    Every gallery row whose exact cosine with the probe is ``>= threshold`` is wanted.
+    IVF-PQ proposes the ``depth`` best rows by approximate score from ``nprobe`` lists;
+    they are re-ranked exactly. While the exact score of a probe's last proposed row is
+    still within ``deepen_margin`` of the threshold, more rows may be above it, so the probe
+    is searched again four times deeper, up to ``max_depth``. At most ``max_candidates``
+    rows (the highest) are kept; a probe that hits either limit is marked ``capped``.
+    """
+
+    threshold: float
+    nprobe: int = 16
+    depth: int = 64
+    max_depth: int = 4096
+    max_candidates: int = 100
+    deepen_margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.threshold <= 1.0:
+            raise InvalidParameter(f"threshold is a cosine between -1 and 1, got {self.threshold}")
+        if self.nprobe < 1:
+            raise InvalidParameter(f"nprobe must be >= 1, got {self.nprobe}")
+        if self.depth < 1:
+            raise InvalidParameter(f"depth must be >= 1, got {self.depth}")
+        if self.max_depth < self.depth:
+            raise InvalidParameter(f"max_depth ({self.max_depth}) must be >= depth ({self.depth})")
+        if self.max_candidates < 1:
+            raise InvalidParameter(f"max_candidates must be >= 1, got {self.max_candidates}")
+        if self.deepen_margin < 0:
+            raise InvalidParameter(f"deepen_margin must be >= 0, got {self.deepen_margin}")
+
+    @staticmethod
+    def from_settings(settings: SearchSettings, threshold: float | None = None) -> "SearchParams":
+        """Parameters from the deployment's ``[search]`` settings (threshold overridable)."""
+        return SearchParams(
+            threshold=settings.threshold if threshold is None else threshold,
+            nprobe=settings.nprobe,
+            depth=settings.depth,
+            max_depth=settings.max_depth,
+            max_candidates=settings.max_candidates,
+            deepen_margin=settings.deepen_margin,
+        )
