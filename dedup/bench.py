@@ -126,8 +126,8 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
     )
     if index.pq_m > profile.dim or profile.dim % index.pq_m:
         # Keep the default code size sensible at other dimensions: about dim/4 sub-quantisers.
-        if spec.pq_m is not None:
-            raise InvalidParameter(f"--pq-m {index.pq_m} must divide --dim {profile.dim}")
+        if spec.pq_m is not None or ix.pq_m != IndexSettings().pq_m:
+            raise InvalidParameter(f"pq_m ({index.pq_m}) must divide the dimension ({profile.dim})")
         index = replace(index, pq_m=_divisor_near(profile.dim, max(2, profile.dim // 4)))
     s = settings.search
     threshold = spec.threshold if spec.threshold is not None else (s.threshold or profile.threshold)

@@ -42,3 +42,45 @@ class BadInput(DedupError):
     """An input file (manifest, template file, job file) cannot be used as given."""
 
     exit_code = 2
+
+
+class PermissionDenied(DedupError):
+    """The acting user's role does not allow this command, or this object is not theirs."""
+
+    exit_code = 5
+
+
+class NotFound(DedupError):
+    """A named object (enrolment, batch, case, user, centre, deployment) does not exist."""
+
+    exit_code = 6
+
+
+class Conflict(DedupError):
+    """The request contradicts the current state (a case held by someone else, a name taken)."""
+
+    exit_code = 7
+
+
+class StoreError(DedupError):
+    """The database or the deployment's store cannot be reached or is inconsistent."""
+
+    exit_code = 8
+
+
+class FaceModelError(DedupError):
+    """A face model file is missing, malformed, or does not match its settings."""
+
+    exit_code = 2
+
+
+class ProcessingFailed(DedupError):
+    """Work could not run at all (for example worker processes keep dying); nothing is written."""
+
+    exit_code = 9
+
+
+class ClusterError(DedupError):
+    """The Dask cluster cannot be reached, has no usable worker, or keeps losing workers."""
+
+    exit_code = 9

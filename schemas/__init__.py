@@ -66,6 +66,43 @@ CANDIDATES_SCHEMA = pa.schema(
     metadata={"dedup.schema": "candidates", "dedup.schema_version": SCHEMA_VERSION},
 )
 
+# A centre's batch manifest (``dedup submit``): one row per enrolment.
+# - ``photo``: a path relative to the manifest's folder (string), or the image bytes
+#   (binary); both types are accepted (``MANIFEST_PHOTO_TYPES``), the schema shows the path form
+# - ``captured_at``: a timestamp (any unit); without a time zone it is read as UTC
+# - ``sex`` (F, M or X), ``birth_year``, ``region``: optional, kept for accuracy and bias
+#   audits only, never used for matching
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("enrolment_id", pa.string(), nullable=False),
+        pa.field("centre_id", pa.string(), nullable=False),
+        pa.field("captured_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("photo", pa.string(), nullable=False),
+        pa.field("sex", pa.string(), nullable=True),
+        pa.field("birth_year", pa.int32(), nullable=True),
+        pa.field("region", pa.string(), nullable=True),
+    ],
+    metadata={"dedup.schema": "manifest", "dedup.schema_version": SCHEMA_VERSION},
+)
+MANIFEST_PHOTO_TYPES = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
+
+# ``dedup report BATCH_ID --out``: one row per manifest row with its current state.
+REPORT_SCHEMA = pa.schema(
+    [
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("row", pa.int32(), nullable=False),
+        pa.field("enrolment_id", pa.string(), nullable=True),
+        pa.field("centre_id", pa.string(), nullable=True),
+        pa.field("state", pa.string(), nullable=False),  # received, rejected, processing, accepted, ...
+        pa.field("reason", pa.string(), nullable=True),  # rejected: a stable code; recapture: the request
+        pa.field("detail", pa.string(), nullable=True),
+        pa.field("uin", pa.string(), nullable=True),  # accepted: the UIN issued
+        pa.field("duplicate_of", pa.string(), nullable=True),  # duplicate: the existing UIN
+        pa.field("case_id", pa.int64(), nullable=True),
+    ],
+    metadata={"dedup.schema": "report", "dedup.schema_version": SCHEMA_VERSION},
+)
+
 
 def check_schema(actual: pa.Schema, expected: pa.Schema, what: str) -> None:
     """Raise ``dedup.errors.BadInput`` naming every missing or mistyped column."""

@@ -282,6 +282,27 @@ def _tensor(array: np.ndarray) -> "object":
     return torch.from_numpy(array)
 
 
+def _row_counts(mask: "object") -> "object":
+    """True values per row of a 2-d bool tensor (numpy's count is much faster on the CPU)."""
+    import torch
+
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.count_nonzero(mask.contiguous().numpy(), axis=1).astype(np.int64))
+    return torch.count_nonzero(mask, dim=1)
+
+
+def _nonzero_2d(mask: "object") -> tuple["object", "object"]:
+    """(row, column) indices of the True values of a 2-d bool tensor, row-major."""
+    import torch
+
+    cols = mask.shape[1]
+    if mask.device.type == "cpu":
+        flat = torch.from_numpy(np.flatnonzero(mask.contiguous().numpy()))
+    else:
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+    return flat // cols, flat % cols
+
+
 def _check_probes(probes: np.ndarray, dim: int) -> np.ndarray:
     probes = np.ascontiguousarray(probes, dtype=np.float32)
     if probes.ndim != 2 or probes.shape[1] != dim:
@@ -323,10 +344,11 @@ class _BlockState:
         if not bool(hit.any()):                                 # the common case: nothing near
             return
         hp = hit.nonzero().squeeze(1)
-        sub = s.index_select(0, hp)                             # (h, cr)
+        sub = s if hp.shape[0] == s.shape[0] else s.index_select(0, hp)   # (h, cr)
         proposed = sub >= lo
         floor = torch.full((hp.shape[0],), lo, dtype=sub.dtype, device=sub.device)
-        over = proposed.sum(dim=1) > self.k
+        counts = _row_counts(proposed)
+        over = counts > self.k
         if bool(over.any()):
             # More than k proposals: only rows within 2*margin of the k-th proposal score can
             # be in the exact top k. Rows cut below that floor are still counted (for
@@ -336,15 +358,16 @@ class _BlockState:
             floor[over] = torch.clamp(kth - 2 * margin, min=lo)
             sure = sub >= (threshold + margin)
             cut = sure & (sub < floor[:, None])
-            self.total.index_add_(0, hp, cut.sum(dim=1))
+            self.total.index_add_(0, hp, _row_counts(cut))
             proposed = (sub >= floor[:, None]) | (proposed & ~sure)
+            counts = _row_counts(proposed)
         # Re-score the proposals in float32, in bounded pieces of probes.
-        counts = proposed.sum(dim=1).cpu().numpy()
+        counts = counts.cpu().numpy()
         start = 0
         while start < hp.shape[0]:
             csum = np.cumsum(counts[start:])
             stop = start + max(1, int(np.searchsorted(csum, _MAX_PAIRS, side="right")))
-            pi, ci = proposed[start:stop].nonzero(as_tuple=True)
+            pi, ci = _nonzero_2d(proposed[start:stop])
             if pi.numel():
                 gp = hp[start:stop][pi]
                 exact = (self.p32.index_select(0, gp) * vec.index_select(0, ci).float()).sum(dim=1)

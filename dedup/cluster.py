@@ -1,0 +1,598 @@
+"""Distributed search on Dask: shards pinned to workers, probes fanned out, results merged.
+
+- ``connect`` starts a LocalCluster (worker processes on 127.0.0.1) or joins an existing
+  scheduler (``--scheduler tcp://host:8786``, workers started with ``dask worker``).
+- Placement (``place_shards``) is a pure function: rendezvous hashing of the shard's name
+  over the workers' names, with a bounded load (no worker holds more than
+  ``ceil(shards / workers)``). Worker names survive a nanny restart, so a restarted worker
+  takes its shards back; when a worker leaves, its shards move to the next-ranked workers
+  and the others mostly stay.
+- Each worker process keeps the shards it has loaded (``Shard.load``: PQ codes in RAM, exact
+  vectors memory-mapped) in a process-wide cache keyed by the shard's directory and name;
+  shard directories never change once written, so a new gallery generation means new keys.
+  Only probes travel per search, never the shards.
+- Probes are cut into blocks and scattered to every worker (wrapped so that no log line ever
+  shows their values: templates are biometric data); each (block, shard) is one task on the
+  shard's holder; per-shard ``Candidates`` are merged with ``dedup.index.results.merge``,
+  exactly as ``Gallery.search`` does, so the answer is identical to a single process.
+- A worker that dies mid-search: Dask re-runs its tasks on another worker (restrictions are
+  loose), which loads the shard from the store; if tasks still fail with a lost worker, this
+  module resubmits them up to ``max_retries`` times, then raises ``ClusterError``. A search
+  returns all of its answer or raises; never part of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dedup.errors import ClusterError, DedupError, InvalidParameter
+from dedup.index.params import SearchParams
+from dedup.index.results import Candidates, concat, merge
+
+DEFAULT_PROBE_BLOCK = 4096
+# Fault injection for tests, in the style of ``dedup.index.crash``: a worker process running a
+# shard search dies (``os._exit``) when ``DEDUP_CRASH_AT`` names this point. With
+# ``DEDUP_CRASH_ONCE=<file>`` only the first search to create that file dies.
+CRASH_POINT = "cluster.shard_search"
+CRASH_EXIT_CODE = 97
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+def connect(scheduler: str | None = None, workers: int = 0, threads_per_worker: int = 1,
+            timeout: float = 30.0, memory_limit: str | int = "auto") -> "Any":
+    """A Dask ``Client``: joins ``scheduler`` when given, else starts a LocalCluster.
+
+    The LocalCluster runs ``workers`` worker processes (0: one per core) of
+    ``threads_per_worker`` threads on 127.0.0.1, without a dashboard; closing the client
+    closes it. Where torch sees a GPU, local workers advertise the resource ``GPU=1`` (on a
+    real cluster start GPU workers with ``dask worker ADDR --resources GPU=1``).
+    Unreachable schedulers raise ``ClusterError`` with the address and the reason.
+    """
+    import logging
+
+    from distributed import Client
+
+    if workers < 0 or threads_per_worker < 1:
+        raise InvalidParameter("workers must be >= 0 and threads per worker >= 1")
+    if scheduler:
+        try:
+            return Client(scheduler, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {scheduler} ({exc.__class__.__name__}: {exc}); "
+                               "start one with `dask scheduler` and check the address") from None
+    n = workers or (os.cpu_count() or 1)
+    kwargs: dict[str, Any] = {}
+    from dedup.index.exact import cuda_available
+
+    if cuda_available():
+        kwargs["resources"] = {"GPU": 1}
+    return Client(n_workers=n, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1",
+                  dashboard_address=None, silence_logs=logging.ERROR, memory_limit=memory_limit,
+                  set_as_default=False, **kwargs)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as the scheduler sees it."""
+
+    address: str
+    name: str
+    nthreads: int
+    gpus: float
+
+
+def list_workers(client: "Any") -> list[WorkerInfo]:
+    """The scheduler's current workers, sorted by name."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    out = [WorkerInfo(address=addr, name=str(w.get("name", addr)), nthreads=int(w.get("nthreads", 1)),
+                      gpus=float((w.get("resources") or {}).get("GPU", 0)))
+           for addr, w in info.items()]
+    return sorted(out, key=lambda w: (w.name, w.address))
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def _weight(shard: str, worker: str) -> int:
+    digest = hashlib.blake2b(f"{shard}\x00{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def place_shards(shards: Sequence[str], workers: Sequence[str]) -> dict[str, str]:
+    """Shard name -> worker name: rendezvous hashing with bounded load.
+
+    Deterministic (independent of the order of either list), every shard placed, no
+    worker holding more than ``ceil(len(shards) / len(workers))``. A worker that leaves
+    hands its shards to the workers ranked next for each of them.
+    """
+    workers = sorted(set(workers))
+    if not workers:
+        raise ClusterError("no Dask workers are connected to place the gallery's shards on")
+    shards = sorted(set(shards))
+    cap = math.ceil(len(shards) / len(workers)) if shards else 0
+    load = dict.fromkeys(workers, 0)
+    placement: dict[str, str] = {}
+    # Place shards in order of how strongly they prefer their top worker, so the bound bites
+    # the weakest preferences first (keeps placements stable as the cluster changes).
+    ranked = {s: sorted(workers, key=lambda w: (-_weight(s, w), w)) for s in shards}
+    for s in shards:
+        for w in ranked[s]:
+            if load[w] < cap:
+                placement[s] = w
+                load[w] += 1
+                break
+    return placement
+
+
+def probe_blocks(n_probes: int, block: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` blocks of at most ``block`` probes covering ``0..n_probes``."""
+    if block < 1:
+        raise InvalidParameter(f"probe block must be >= 1, got {block}")
+    return [(lo, min(lo + block, n_probes)) for lo in range(0, n_probes, block)]
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+class ProbeBlock:
+    """Probe vectors in transit to workers. Its repr never shows the values (biometric data)."""
+
+    __slots__ = ("vectors",)
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def __repr__(self) -> str:
+        return f"ProbeBlock(n={self.vectors.shape[0]}, dim={self.vectors.shape[1]})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProbeBlock, (self.vectors,))
+
+
+# Process-wide caches on each worker: (shard dir, shard name) -> Shard / ExactIndex by device.
+_SHARDS: dict[tuple[str, str], Any] = {}
+_EXACT: dict[tuple[str, str, str], Any] = {}
+_LOADS: list[str] = []  # shard dirs loaded by this process, in order (diagnostics and tests)
+
+
+def _shard_key(path: str) -> tuple[str, str]:
+    return (str(Path(path).resolve()), Path(path).name)
+
+
+def cached_shard(path: str) -> Any:
+    """The shard at ``path``, loaded once per process (memory-mapped)."""
+    from dedup.index.shard import Shard
+
+    key = _shard_key(path)
+    shard = _SHARDS.get(key)
+    if shard is None:
+        # Drop shards whose directories were garbage-collected (an old generation).
+        for old in [k for k in _SHARDS if not Path(k[0]).exists()]:
+            _SHARDS.pop(old, None)
+            for ek in [e for e in _EXACT if e[:2] == old]:
+                _EXACT.pop(ek, None)
+        shard = Shard.load(Path(path), mmap=True)
+        _SHARDS[key] = shard
+        _LOADS.append(key[0])
+    return shard
+
+
+def _maybe_crash() -> None:
+    if os.environ.get("DEDUP_CRASH_AT") != CRASH_POINT:
+        return
+    once = os.environ.get("DEDUP_CRASH_ONCE")
+    if once:
+        try:
+            fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+    os._exit(CRASH_EXIT_CODE)
+
+
+def search_one_shard(shard: Any, probes: np.ndarray, params: SearchParams, method: str = "auto",
+                     device: str = "auto", exact_cache: dict | None = None) -> Candidates:
+    """Search one loaded shard with the chosen method and device.
+
+    - ``ivfpq`` on ``cpu``: ``Shard.search`` (IVF-PQ proposals, exact re-rank);
+    - ``ivfpq`` on ``cuda``: the same with the shard's index cloned to a faiss GPU index
+      (faiss-gpu only; a clear error otherwise);
+    - ``exact``: torch threshold search over the shard's exact vectors (no recall lost);
+    - ``auto``: ``exact`` on a GPU when one is present and the shard fits, else ``ivfpq``
+      on the CPU.
+    """
+    from dedup.index.exact import ExactIndex, choose_device, faiss_index_to_gpu, resolve_device
+
+    if method not in ("auto", "ivfpq", "exact"):
+        raise InvalidParameter(f"search method must be auto, ivfpq or exact, got {method!r}")
+    if method == "auto":
+        dev = choose_device(device, shard.meta.count, shard.meta.dim, shard.meta.exact_dtype)
+        method = "exact" if dev == "cuda" else "ivfpq"
+        device = dev
+    if method == "exact":
+        dev = resolve_device(device).type
+        key = (str(shard.path), shard.meta.name, dev)
+        cache = exact_cache if exact_cache is not None else {}
+        index = cache.get(key)
+        if index is None:
+            index = ExactIndex(shard.vectors, shard.row_ids, device=dev, removed=shard.removed_positions)
+            cache[key] = index
+        return index.search(probes, params.threshold, params.max_candidates)
+    if device == "cpu" or resolve_device(device).type == "cpu":
+        return shard.search(probes, params)
+    from dedup.index.shard import Shard
+
+    gpu_index, where = faiss_index_to_gpu(shard.index, "cuda")
+    return Shard(shard.path, shard.meta, gpu_index, shard.vectors, shard.row_ids,
+                 shard.removed_positions).search(probes, params)
+
+
+def _load_task(path: str) -> str:
+    """Worker task: make sure the shard is loaded here; returns the worker's name."""
+    from distributed import get_worker
+
+    cached_shard(path)
+    return str(get_worker().name)
+
+
+def _search_task(path: str, block: ProbeBlock, params: SearchParams, method: str, device: str) -> Candidates:
+    """Worker task: search one probe block against one shard held by this worker."""
+    _maybe_crash()
+    shard = cached_shard(path)
+    return search_one_shard(shard, block.vectors, params, method=method, device=device, exact_cache=_EXACT)
+
+
+def _loads_task() -> list[str]:
+    return list(_LOADS)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class ClusterSearch:
+    """How a distributed search runs.
+
+    ``probe_block``: probes per task; ``max_retries``: resubmissions of a (block, shard) task
+    after its worker was lost; ``method``/``device``: see ``search_one_shard``;
+    ``workers``: names of the workers to use (``None``: all); ``worker_wait_s``: how long to
+    wait for a worker to come back when none is left.
+    """
+
+    probe_block: int = DEFAULT_PROBE_BLOCK
+    max_retries: int = 2
+    method: str = "ivfpq"
+    device: str = "cpu"
+    workers: tuple[str, ...] | None = None
+    worker_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.probe_block < 1:
+            raise InvalidParameter(f"probe block must be >= 1, got {self.probe_block}")
+        if self.max_retries < 0:
+            raise InvalidParameter(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.method not in ("auto", "ivfpq", "exact"):
+            raise InvalidParameter(f"search method must be auto, ivfpq or exact, got {self.method!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InvalidParameter(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def _eligible(client: Any, plan: ClusterSearch) -> list[WorkerInfo]:
+    """Workers the plan may use; waits (bounded) when none is connected."""
+    deadline = time.monotonic() + plan.worker_wait_s
+    while True:
+        workers = list_workers(client)
+        if plan.workers is not None:
+            workers = [w for w in workers if w.name in plan.workers]
+        if plan.device == "cuda":
+            gpu = [w for w in workers if w.gpus > 0]
+            if workers and not gpu:
+                raise ClusterError("--device cuda: no Dask worker advertises a GPU; start GPU workers with "
+                                   "`dask worker ADDRESS --resources GPU=1`")
+            workers = gpu
+        elif plan.device == "auto" and any(w.gpus > 0 for w in workers):
+            workers = [w for w in workers if w.gpus > 0]
+        if workers:
+            return workers
+        if time.monotonic() > deadline:
+            raise ClusterError(f"no Dask worker available after waiting {plan.worker_wait_s:.0f} s"
+                               + (f" (asked for workers {', '.join(plan.workers)})" if plan.workers else ""))
+        time.sleep(0.2)
+
+
+def _retryable() -> tuple[type[BaseException], ...]:
+    import asyncio
+    import concurrent.futures
+
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    return (KilledWorker, CommClosedError, concurrent.futures.CancelledError, asyncio.CancelledError,
+            OSError, TimeoutError)
+
+
+def preload(client: Any, shard_paths: Sequence[Path | str], plan: ClusterSearch = ClusterSearch()) -> dict[str, str]:
+    """Load every shard on the worker placed to hold it (before timing a search).
+
+    Returns the placement (shard name -> worker name).
+    """
+    workers = _eligible(client, plan)
+    by_name = {w.name: w for w in workers}
+    paths = {Path(p).name: str(p) for p in shard_paths}
+    placement = place_shards(list(paths), list(by_name))
+    futures = [client.submit(_load_task, paths[s], workers=[by_name[w].address], allow_other_workers=True,
+                             pure=False, key=f"dedup-load-{s}-{uuid.uuid4().hex[:8]}")
+               for s, w in placement.items()]
+    client.gather(futures)
+    return placement
+
+
+def search_shards(client: Any, shard_paths: Sequence[Path | str], probes: np.ndarray, params: SearchParams,
+                  plan: ClusterSearch = ClusterSearch()) -> Candidates:
+    """Threshold search of ``probes`` against shards held by Dask workers, merged.
+
+    The same answer as ``Gallery.search`` in one process (same shards, same params). Raises
+    ``ClusterError`` when a (block, shard) task keeps failing because workers are lost;
+    domain errors from the workers (``DedupError``, e.g. a missing shard) pass through.
+    """
+    from distributed import as_completed
+
+    probes = np.ascontiguousarray(probes, dtype=np.float32)
+    if probes.ndim != 2:
+        raise InvalidParameter(f"probes must be a 2-d array, got shape {probes.shape}")
+    n = probes.shape[0]
+    names = [Path(p).name for p in shard_paths]
+    paths = {Path(p).name: str(p) for p in shard_paths}
+    if len(paths) != len(names):
+        raise InvalidParameter("two shards share a directory name")
+    if n == 0 or not names:
+        return Candidates.empty(n)
+    blocks = probe_blocks(n, plan.probe_block)
+    run = uuid.uuid4().hex[:10]
+    state = _SearchState(client, plan, params, paths, probes, blocks, run)
+    results: dict[tuple[int, str], Candidates] = {}
+    retryable = _retryable()
+    try:
+        pending = as_completed(state.submit_all(), loop=client.loop)
+        for fut in pending:
+            task = state.futures.pop(fut)
+            try:
+                results[task] = fut.result()
+            except DedupError:
+                raise
+            except retryable as exc:
+                state.attempts[task] += 1
+                if state.attempts[task] > plan.max_retries:
+                    b, s = task
+                    raise ClusterError(
+                        f"the search of shard {s} (probes {blocks[b][0]}..{blocks[b][1] - 1}) failed "
+                        f"{state.attempts[task]} times because Dask workers were lost "
+                        f"({exc.__class__.__name__}); no result was returned. Check the workers' logs "
+                        f"and memory (a worker killed for memory is a common cause), then run the search again") from None
+                pending.add(state.resubmit(task))
+    finally:
+        state.cancel()
+    merged = [merge([results[(b, s)] for s in names], params.max_candidates) for b in range(len(blocks))]
+    out = concat(merged)
+    if out.n_probes != n:  # defensive: every block must be present
+        raise ClusterError(f"internal: merged {out.n_probes} probes of {n}")
+    return out
+
+
+@dataclass
+class _SearchState:
+    client: Any
+    plan: ClusterSearch
+    params: SearchParams
+    paths: dict[str, str]
+    probes: np.ndarray
+    blocks: list[tuple[int, int]]
+    run: str
+    futures: dict[Any, tuple[int, str]] = field(default_factory=dict)
+    attempts: dict[tuple[int, str], int] = field(default_factory=dict)
+    scattered: dict[int, Any] = field(default_factory=dict)
+
+    def _placement(self) -> tuple[dict[str, str], dict[str, WorkerInfo]]:
+        workers = _eligible(self.client, self.plan)
+        by_name = {w.name: w for w in workers}
+        return place_shards(list(self.paths), list(by_name)), by_name
+
+    def _block(self, b: int, fresh: bool = False) -> Any:
+        if fresh or b not in self.scattered:
+            lo, hi = self.blocks[b]
+            self.scattered[b] = self.client.scatter(ProbeBlock(self.probes[lo:hi]), broadcast=True, hash=False)
+        return self.scattered[b]
+
+    def _submit(self, task: tuple[int, str], placement: dict[str, str], by_name: dict[str, WorkerInfo],
+                fresh_block: bool = False) -> Any:
+        b, s = task
+        holder = by_name[placement[s]]
+        resources = {"GPU": 1} if holder.gpus > 0 and self.plan.device in ("cuda", "auto") else None
+        fut = self.client.submit(
+            _search_task, self.paths[s], self._block(b, fresh_block), self.params, self.plan.method,
+            self.plan.device, workers=[holder.address], allow_other_workers=True, resources=resources,
+            pure=False, key=f"dedup-search-{self.run}-b{b}-{s}-a{self.attempts.get(task, 0)}")
+        self.futures[fut] = task
+        return fut
+
+    def submit_all(self) -> list[Any]:
+        placement, by_name = self._placement()
+        out = []
+        for b in range(len(self.blocks)):
+            for s in self.paths:
+                self.attempts[(b, s)] = 0
+                out.append(self._submit((b, s), placement, by_name))
+        return out
+
+    def resubmit(self, task: tuple[int, str]) -> Any:
+        placement, by_name = self._placement()
+        return self._submit(task, placement, by_name, fresh_block=True)
+
+    def cancel(self) -> None:
+        if self.futures:
+            self.client.cancel(list(self.futures))
+        self.futures.clear()
+        self.scattered.clear()
+
+
+def search_gallery(client: Any, root: Path | str, probes: np.ndarray, params: SearchParams,
+                   plan: ClusterSearch = ClusterSearch()) -> Candidates:
+    """``Gallery.open(root).search(probes, params)``, on the cluster's workers."""
+    from dedup.index.gallery import Gallery, check_probes
+
+    gallery = Gallery.open(Path(root))
+    probes = check_probes(probes, gallery.dim)
+    return search_shards(client, gallery.shard_paths(), probes, params, plan)
+
+
+def worker_loads(client: Any) -> dict[str, list[str]]:
+    """Worker name -> shard directories that worker's process has loaded (oldest first)."""
+    by_addr = {w.address: w.name for w in list_workers(client)}
+    return {by_addr.get(addr, addr): loads for addr, loads in client.run(_loads_task).items()}
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+@dataclass
+class ScalingPoint:
+    """One row of a scaling run: the search of every probe on ``workers`` workers."""
+
+    workers: int
+    threads_per_worker: int
+    probes: int
+    shards: int
+    seconds: float
+    load_seconds: float
+    candidates: Candidates = field(repr=False)
+
+    @property
+    def probes_per_s(self) -> float:
+        return self.probes / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures (without the candidates)."""
+        return {"workers": self.workers, "threads_per_worker": self.threads_per_worker, "probes": self.probes,
+                "shards": self.shards, "seconds": round(self.seconds, 4), "load_seconds": round(self.load_seconds, 4),
+                "probes_per_s": round(self.probes_per_s, 1)}
+
+
+def scaling_run(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, worker_counts: Sequence[int],
+                scheduler: str | None = None, threads_per_worker: int = 1,
+                plan: ClusterSearch = ClusterSearch(), repeats: int = 1) -> list[ScalingPoint]:
+    """Search the same probes on 1, 2, ... workers of one cluster; probes/s side by side.
+
+    A LocalCluster of ``max(worker_counts)`` workers is started unless ``scheduler`` is given
+    (then the first ``w`` workers by name are used for each count). Shards are loaded on
+    their holders before the clock starts; each count is timed ``repeats`` times, best kept.
+    """
+    from dedup.index.gallery import Gallery, check_probes
+
+    counts = sorted(set(int(w) for w in worker_counts))
+    if not counts or counts[0] < 1:
+        raise InvalidParameter("worker counts must be >= 1")
+    if repeats < 1:
+        raise InvalidParameter("repeats must be >= 1")
+    gallery = Gallery.open(Path(gallery_root))
+    probes = check_probes(probes, gallery.dim)
+    shards = gallery.shard_paths()
+    out: list[ScalingPoint] = []
+    client = connect(scheduler, workers=counts[-1] if not scheduler else 0, threads_per_worker=threads_per_worker)
+    try:
+        try:
+            client.wait_for_workers(counts[-1], timeout=120 if not scheduler else plan.worker_wait_s)
+        except TimeoutError:
+            pass  # reported below with the numbers
+        available = [w.name for w in list_workers(client)]
+        if counts[-1] > len(available):
+            raise ClusterError(f"{counts[-1]} workers asked for, the cluster at {scheduler} has {len(available)}")
+        for w in counts:
+            sub = ClusterSearch(probe_block=plan.probe_block, max_retries=plan.max_retries, method=plan.method,
+                                device=plan.device, workers=tuple(available[:w]), worker_wait_s=plan.worker_wait_s)
+            t0 = time.perf_counter()
+            preload(client, shards, sub)
+            load_s = time.perf_counter() - t0
+            best, result = math.inf, None
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                result = search_shards(client, shards, probes, params, sub)
+                best = min(best, time.perf_counter() - t0)
+            assert result is not None
+            threads = threads_per_worker if not scheduler else \
+                min(x.nthreads for x in list_workers(client) if x.name in sub.workers)  # type: ignore[operator]
+            out.append(ScalingPoint(w, threads, probes.shape[0], len(shards), best, load_s, result))
+    finally:
+        client.close()
+    return out
+
+
+# --------------------------------------------------------------------------- bench hooks
+
+
+def plan_for_device(device: str, probe_block: int = DEFAULT_PROBE_BLOCK) -> ClusterSearch:
+    """The distributed search for a ``--device`` value: ``cpu`` searches IVF-PQ on CPU workers,
+    ``cuda`` exact torch search on GPU workers, ``auto`` each worker's best (GPU when it has one)."""
+    method = {"cpu": "ivfpq", "cuda": "exact", "auto": "auto"}.get(device)
+    if method is None:
+        raise InvalidParameter(f"--device must be auto, cpu or cuda, got {device!r}")
+    return ClusterSearch(probe_block=probe_block, method=method, device=device)
+
+
+def bench_scaling(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, max_workers: int,
+                  scheduler: str | None, score: Any, device: str = "cpu", threads_per_worker: int = 1,
+                  probe_block: int = DEFAULT_PROBE_BLOCK, repeats: int = 1) -> dict[str, Any]:
+    """``dedup bench --workers W``: the same search on 1..W workers, probes/s side by side.
+
+    ``score(candidates) -> dict`` adds the bench's accuracy figures (duplicate_recall, ...)
+    to each row, so equal recall across worker counts is visible in the same report.
+    """
+    from dedup.machine import usable_cores
+
+    if max_workers < 1:
+        raise InvalidParameter(f"--workers must be >= 1, got {max_workers}")
+    plan = plan_for_device(device, probe_block)
+    points = scaling_run(gallery_root, probes, params, list(range(1, max_workers + 1)), scheduler=scheduler,
+                         threads_per_worker=threads_per_worker, plan=plan, repeats=repeats)
+    rows = [{**p.as_dict(), **score(p.candidates)} for p in points]
+    base = rows[0]["probes_per_s"]
+    for r in rows:
+        r["speedup_vs_1_worker"] = round(r["probes_per_s"] / base, 3) if base else None
+    return {"scheduler": scheduler or "LocalCluster (127.0.0.1)", "device": device, "method": plan.method,
+            "probe_block": probe_block, "cores": usable_cores(), "points": rows}
+
+
+def torch_exact_baseline(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, device: str,
+                         score: Any) -> dict[str, Any]:
+    """Exact torch threshold search over the gallery's shards on ``device`` (bench comparison row)."""
+    from dedup.index.exact import resolve_device
+    from dedup.index.gallery import Gallery
+
+    gallery = Gallery.open(Path(gallery_root))
+    dev = resolve_device(device).type
+    shards = gallery.shards()
+    cache: dict = {}
+    probes = np.ascontiguousarray(probes, dtype=np.float32)
+    # Load (and, on a GPU, copy the vectors to the device) before the clock starts.
+    for shard in shards:
+        search_one_shard(shard, probes[:1], params, method="exact", device=dev, exact_cache=cache)
+    t0 = time.perf_counter()
+    parts = [search_one_shard(s, probes, params, method="exact", device=dev, exact_cache=cache) for s in shards]
+    found = merge(parts, params.max_candidates) if parts else Candidates.empty(probes.shape[0])
+    seconds = time.perf_counter() - t0
+    dtype = shards[0].meta.exact_dtype if shards else "float16"
+    out = {"device": dev, "probes": probes.shape[0], "search_s": seconds,
+           "probes_per_s": probes.shape[0] / seconds if seconds > 0 else float("inf"),
+           "ram_bytes_per_template": float(gallery.dim * np.dtype(dtype).itemsize + 8)}
+    out.update(score(found))
+    return out

@@ -1,0 +1,342 @@
+"""``dedup calibrate``: the threshold that holds a target FPIR at a gallery size.
+
+FPIR(N, t) = 1 - (1 - FMR(t)) ** N (see ``tail``), so the threshold for a target FPIR at N is
+the threshold whose FMR is ``1 - (1 - FPIR) ** (1 / N)`` ~ FPIR / N: read from the sampled
+impostor scores where the sample reaches that far, else from the fitted tail. Its interval is
+the template bootstrap's. The expected FNIR at that threshold is the genuine-pair FNMR (a
+mated search misses when its mate scores below the threshold; rank does not enter).
+
+Expected adjudication cases per day at R enrolments/day, a fraction d of them duplicates:
+``R * (1 - d) * FPIR + R * d * (1 - FNIR)`` (false-positive cases plus caught duplicates).
+Reference: Aadhaar (UIDAI) reported FPIR 0.057% with fingerprints and irises fused, about 570
+manual reviews a day at 1M enrolments a day.
+
+A deployment keeps the fitted model in ``calibration.json`` (statistics only) so that
+``dedup run`` can ask ``threshold_still_meets_target`` as its gallery grows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dedup.errors import BadInput, ConfigError, InvalidParameter
+from dedup.evaluation.scores import GenuineScores, ImpostorSample, impostor_sample
+from dedup.evaluation.stats import wilson_interval
+from dedup.evaluation.tail import TailModel, fmr_for_fpir, fpir_from_fmr
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """The calibrated threshold and what it implies."""
+
+    model_id: str
+    target_fpir: float
+    gallery_size: int
+    gallery_size_source: str
+    fmr_target: float
+    threshold: float
+    threshold_ci: tuple[float, float]
+    threshold_source: str          # "empirical" (sampled scores reach it) or "tail-model"
+    fpir_ci: tuple[float, float]   # FPIR at ``threshold`` over the bootstrap replicates
+    expected_fnir: float | None
+    expected_fnir_ci: tuple[float, float] | None
+    genuine_pairs: int
+    impostor_pairs: int
+    templates_paired: int
+    enrolments_per_day: float | None
+    duplicate_rate: float
+    adjudications_per_day: float | None
+    adjudications_per_day_ci: tuple[float, float] | None
+    current_threshold: float | None
+    current_fpir: float | None
+    current_fpir_ci: tuple[float, float] | None
+    confidence: float
+    model_note: str = ("FPIR(N, t) = 1 - (1 - FMR(t))^N with FMR(t) from sampled impostor pairs, "
+                       "a generalized Pareto tail beyond the sample; intervals: percentile bootstrap over templates")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sample_impostor_scores_from_gallery(vectors: np.ndarray, identities: np.ndarray, n_pairs: int,
+                                        rng: np.random.Generator, groups: np.ndarray | None = None,
+                                        group_names: list[str] | None = None) -> ImpostorSample:
+    """Impostor scores of a live gallery: pairs of different accepted identities.
+
+    ``vectors`` may be a memory map of the gallery's exact vectors (only the sampled rows are
+    read); ``identities`` the identity (UIN) of each row, so that two captures of one person
+    never count as impostors. A random subset of rows is taken and all of its pairs scored
+    (about ``n_pairs`` of them), which the tail model's bootstrap over templates expects.
+    """
+    identities = np.asarray(identities)
+    if identities.shape[0] != vectors.shape[0]:
+        raise InvalidParameter("one identity per gallery row is needed")
+    _, codes = np.unique(identities, return_inverse=True)
+    if groups is None:
+        groups, group_names = np.zeros(vectors.shape[0], dtype=np.int16), ["all"]
+    return impostor_sample(vectors, codes, groups, group_names or ["all"], max_pairs=n_pairs, rng=rng)
+
+
+def calibrate(tail: TailModel, genuine: GenuineScores | None, target_fpir: float, gallery_size: int,
+              model_id: str, impostor: ImpostorSample | None = None, enrolments_per_day: float | None = None,
+              duplicate_rate: float = 0.0, current_threshold: float | None = None,
+              gallery_size_source: str = "given") -> Calibration:
+    """The threshold for ``target_fpir`` at ``gallery_size`` and what it implies."""
+    if enrolments_per_day is not None and enrolments_per_day < 0:
+        raise InvalidParameter("enrolments per day must be >= 0")
+    if not 0 <= duplicate_rate < 1:
+        raise InvalidParameter("duplicate rate must be in [0, 1)")
+    f = fmr_for_fpir(target_fpir, gallery_size)
+    t = tail.threshold_for_fmr(f)
+    t_ci = tail.threshold_interval(f)
+    source = "empirical" if t <= tail.u else "tail-model"
+    fpir_ci = _fpir_interval(tail, t, gallery_size)
+    conf = tail.confidence
+    fnir = fnir_ci = None
+    n_gen = 0
+    if genuine is not None and genuine.n_pairs:
+        n_gen = genuine.n_pairs
+        miss = genuine.count_lt(t)
+        fnir = miss / n_gen
+        lo_t = t_ci[0] if math.isfinite(t_ci[0]) else t
+        hi_t = t_ci[1] if math.isfinite(t_ci[1]) else t
+        lo, _ = wilson_interval(genuine.count_lt(lo_t), n_gen, conf)
+        _, hi = wilson_interval(genuine.count_lt(hi_t), n_gen, conf)
+        fnir_ci = (float(lo), float(hi))
+    adj = adj_ci = None
+    if enrolments_per_day is not None:
+        r, d = enrolments_per_day, duplicate_rate
+        caught = 1.0 - (fnir or 0.0)
+        adj = r * (1 - d) * target_fpir + r * d * caught
+        caught_lo = 1.0 - (fnir_ci[1] if fnir_ci else 0.0)
+        caught_hi = 1.0 - (fnir_ci[0] if fnir_ci else 0.0)
+        adj_ci = (r * (1 - d) * fpir_ci[0] + r * d * caught_lo, r * (1 - d) * fpir_ci[1] + r * d * caught_hi) \
+            if all(math.isfinite(v) for v in fpir_ci) else None
+    cur = cur_ci = None
+    if current_threshold is not None:
+        cur = float(fpir_from_fmr(tail.fmr(current_threshold), gallery_size))
+        cur_ci = _fpir_interval(tail, current_threshold, gallery_size)
+    return Calibration(
+        model_id, target_fpir, gallery_size, gallery_size_source, f, t, t_ci, source, fpir_ci, fnir, fnir_ci,
+        n_gen, tail.n_pairs, int(impostor.rows.size) if impostor is not None else 0,
+        enrolments_per_day, duplicate_rate, adj, adj_ci, current_threshold, cur, cur_ci, conf)
+
+
+def _fpir_interval(tail: TailModel, t: float, n: int) -> tuple[float, float]:
+    lo, hi = tail.fmr_interval(t)
+    return float(fpir_from_fmr(lo, n)), float(fpir_from_fmr(hi, n))
+
+
+# --------------------------------------------------------------------------- the deployment
+
+
+@dataclass
+class ThresholdCheck:
+    """Whether a configured threshold still holds the target FPIR at the current gallery size."""
+
+    ok: bool
+    threshold: float
+    target_fpir: float
+    gallery_size: int
+    fpir: float
+    fpir_ci: tuple[float, float]
+    required_threshold: float
+    message: str
+
+
+def threshold_still_meets_target(tail: TailModel, threshold: float, target_fpir: float,
+                                 gallery_size: int) -> ThresholdCheck:
+    """Check the configured threshold against the target at ``gallery_size``.
+
+    Not ok when the modelled FPIR at ``threshold`` exceeds the target (the point estimate:
+    the gallery has outgrown the threshold). ``dedup run`` calls it with the deployment's
+    saved model (``load_calibration``) and warns with ``message``.
+    """
+    fpir = float(fpir_from_fmr(tail.fmr(threshold), gallery_size))
+    ci = _fpir_interval(tail, threshold, gallery_size)
+    need = tail.threshold_for_fmr(fmr_for_fpir(target_fpir, gallery_size))
+    ok = fpir <= target_fpir * (1 + 1e-9)          # the calibrated threshold itself is ok
+    msg = (f"threshold {threshold:.4f} holds FPIR {fpir:.2e} <= target {target_fpir:.2e} at gallery size {gallery_size:,}"
+           if ok else
+           f"the gallery ({gallery_size:,}) has outgrown threshold {threshold:.4f}: expected FPIR {fpir:.2e} "
+           f"(CI {ci[0]:.1e}..{ci[1]:.1e}) exceeds the target {target_fpir:.2e}; the target needs {need:.4f} "
+           "(run `dedup calibrate --apply`)")
+    return ThresholdCheck(ok, threshold, target_fpir, gallery_size, fpir, ci, need, msg)
+
+
+def save_calibration(home: Path, calibration: Calibration, tail: TailModel) -> Path:
+    """Write ``calibration.json`` (statistics only) atomically."""
+    path = Path(home) / CALIBRATION_FILE
+    doc = {"version": CALIBRATION_VERSION, "written_at": datetime.now(timezone.utc).isoformat(),
+           "calibration": calibration.to_dict(), "tail": tail.to_dict()}
+    _write_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_calibration(home: Path) -> tuple[dict[str, Any], TailModel] | None:
+    """The deployment's saved calibration and tail model, or None when it has none."""
+    path = Path(home) / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("version") != CALIBRATION_VERSION:
+            raise BadInput(f"{path}: calibration version {doc.get('version')}, expected {CALIBRATION_VERSION}; "
+                           "run `dedup calibrate --apply` again")
+        return doc["calibration"], TailModel.from_dict(doc["tail"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{path}: not a calibration file ({exc}); run `dedup calibrate --apply` again") from None
+
+
+def check_deployment_threshold(home: Path, gallery_size: int) -> ThresholdCheck | None:
+    """For ``dedup run``: the configured threshold against the saved calibration at the current
+    gallery size; None when the deployment was never calibrated."""
+    from dedup.config import load_settings
+
+    saved = load_calibration(home)
+    if saved is None:
+        return None
+    cal, tail = saved
+    settings = load_settings(home)
+    threshold = settings.search.threshold
+    if threshold == 0.0:
+        threshold = float(cal["threshold"])
+    return threshold_still_meets_target(tail, threshold, settings.calibration.target_fpir, gallery_size)
+
+
+def apply_threshold(home: Path, threshold: float, target_fpir: float) -> Path:
+    """Write ``[search] threshold`` and ``[calibration] target_fpir`` into ``home/dedup.toml``.
+
+    Every other line (comments included) is kept; the new file is validated by the settings
+    loader before it atomically replaces the old one (temporary file + ``os.replace``).
+    """
+    from dedup.config import SETTINGS_FILE, load_settings
+
+    home = Path(home)
+    if not home.is_dir():
+        raise InvalidParameter(f"{home}: no such deployment folder")
+    path = home / SETTINGS_FILE
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        before = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    text = set_toml_value(text, "search", "threshold", repr(float(round(threshold, 6))))
+    text = set_toml_value(text, "calibration", "target_fpir", repr(float(target_fpir)))
+    after = tomllib.loads(text)
+    expected = {k: dict(v) if isinstance(v, dict) else v for k, v in before.items()}
+    expected.setdefault("search", {})["threshold"] = float(round(threshold, 6))
+    expected.setdefault("calibration", {})["target_fpir"] = float(target_fpir)
+    if after != expected:
+        raise ConfigError(f"{path}: could not update the threshold without changing other settings; edit it by hand")
+    tmp = path.with_name(path.name + ".tmp")
+    _write_atomic(path, text, tmp)
+    load_settings(home, environ={})   # the written file must load
+    return path
+
+
+def set_toml_value(text: str, section: str, key: str, literal: str) -> str:
+    """Set ``key = literal`` in ``[section]`` of a TOML text, keeping every other line."""
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*" + re.escape(section) + r"\s*\]\s*(#.*)?$")
+    any_header = re.compile(r"^\s*\[")
+    assign = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        if lines and lines[-1].strip():
+            lines.append("")
+        lines += [f"[{section}]", f"{key} = {literal}"]
+        return "\n".join(lines) + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if any_header.match(lines[i])), len(lines))
+    for i in range(start + 1, end):
+        if assign.match(lines[i]):
+            lines[i] = f"{key} = {literal}"
+            return "\n".join(lines) + "\n"
+    last = start
+    for i in range(start + 1, end):
+        if lines[i].strip() and not lines[i].lstrip().startswith("#"):
+            last = i
+    lines.insert(last + 1, f"{key} = {literal}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str, tmp: Path | None = None) -> None:
+    tmp = tmp or path.with_name(path.name + ".tmp")
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Applied:
+    """What ``apply_calibration`` wrote."""
+
+    settings_path: Path
+    calibration_path: Path
+    previous_threshold: float
+    audited_by: str
+
+
+def has_database(home: Path) -> bool:
+    """Whether ``home`` is a deployment with a database (embedded or by URL)."""
+    from dedup.config import load_settings
+
+    home = Path(home)
+    if not (home / "dedup.toml").exists():
+        return False
+    settings = load_settings(home, environ={})
+    url = getattr(getattr(settings, "store", None), "database_url", "")
+    return bool(url) or (home / "pg" / "PG_VERSION").exists()
+
+
+def apply_calibration(home: Path, user: str | None, calibration: Calibration, tail: TailModel) -> Applied:
+    """``--apply``: the threshold into ``dedup.toml``, the model into ``calibration.json``, and a
+    ``threshold.calibrate`` audit row, by an admin.
+
+    The audit row is inserted in a transaction that commits only after the settings file was
+    replaced, so a failed write leaves no audit row and a refused user changes nothing.
+    """
+    from dedup.config import load_settings
+    from dedup.deployment import open_deployment
+    from dedup.errors import PermissionDenied
+    from dedup.store import audit
+    from dedup.store.users import authenticate
+
+    home = Path(home)
+    if not has_database(home):
+        raise BadInput(f"{home} is not a deployment with a database; --apply records an audit row there "
+                       "(create one with `dedup init DIR`, or pass --home)")
+    previous = load_settings(home).search.threshold
+    dep = open_deployment(home)
+    with dep.database.session() as conn:
+        actor = authenticate(conn, user)
+        if actor.role != "admin":
+            raise PermissionDenied(f"user {actor.name!r} (role {actor.role}) may not change the threshold; "
+                                   "allowed roles: admin")
+        with conn.transaction():
+            audit.record(conn, actor.name, "threshold.calibrate", "settings", "search.threshold", {
+                "previous": previous, "threshold": calibration.threshold,
+                "threshold_ci": list(calibration.threshold_ci), "target_fpir": calibration.target_fpir,
+                "gallery_size": calibration.gallery_size, "model_id": calibration.model_id,
+                "impostor_pairs": calibration.impostor_pairs, "expected_fnir": calibration.expected_fnir,
+            })
+            settings_path = apply_threshold(home, calibration.threshold, calibration.target_fpir)
+            calibration_path = save_calibration(home, calibration, tail)
+    return Applied(settings_path, calibration_path, previous, actor.name)

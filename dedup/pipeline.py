@@ -1,0 +1,438 @@
+"""``dedup run``: received enrolments -> templates -> candidates -> UINs or cases -> gallery.
+
+Work goes in **units** of up to ``store.run_batch_size`` enrolments. A unit moves through
+three recorded states, and each step is either repeatable or recorded atomically:
+
+1. ``claimed`` (one transaction): enrolments ``received`` -> ``processing``, tied to the unit.
+2. embed: the face pipeline's templates and rejects are written to
+   ``store/work/unit-N.parquet`` (temporary file, then rename). A rerun reuses the file.
+3. search: probes against the gallery (accepted identities and enrolments in adjudication,
+   plus synthetic rows), against earlier enrolments of the same unit (so two captures of one
+   new person in one batch give one identity and one case), and against the templates of
+   other unfinished units (in flight). Nothing is written, so it is repeatable.
+4. ``decided`` (one transaction): every enrolment of the unit becomes ``accepted`` (UIN
+   issued), ``adjudication`` (case with candidates and exact scores) or ``rejected`` (the face
+   pipeline's reason), and the unit is marked decided. Killed before the commit, nothing of
+   it happened; after it, it is never done again.
+5. ``done``: the unit's templates are added to the gallery (``Gallery.add`` is exactly-once
+   per enrolment: a repeat returns the existing rows), then the unit is marked done and its
+   work file deleted.
+
+A rerun first finishes unfinished units in order, then claims new ones. One ``dedup run``
+works on a deployment at a time (a PostgreSQL advisory lock held for the run), which is
+what makes "searched against everything before it" exact. Crash points
+(``DEDUP_CRASH_AT=run.claimed|run.embedded|run.deciding|run.decided|run.added``) let the
+tests kill the process between every step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dedup.deployment import Deployment
+from dedup.errors import Conflict, GalleryError, ModelMismatch
+from dedup.index.crash import crash_point
+from dedup.queue.cases import NewCandidate, open_case
+from dedup.store import audit
+from dedup.store.identities import issue_uin
+from dedup.store.users import SYSTEM, Actor, authorize
+
+REAL_PREFIX = "e"  # a real enrolment's id in the gallery: "e<enrolment_pk>"
+SYNTHETIC_PREFIX = "synth"  # synthetic gallery rows: "synth-<n>"; never an enrolment
+_RUN_LOCK = 0x72756E  # "run": advisory lock key, one runner per database
+_GALLERY_STATES = ("accepted", "adjudication")
+# Face models by settings: loading one takes seconds, so a process loads each once.
+_MODELS: dict[Any, Any] = {}
+
+
+@dataclass
+class RunReport:
+    """What one ``dedup run`` did."""
+
+    units: int = 0
+    enrolments: int = 0
+    accepted: int = 0
+    cases: int = 0
+    rejected: int = 0
+    capped_probes: int = 0
+    seconds: float = 0.0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def per_second(self) -> float:
+        """Enrolments decided per second of the run."""
+        return self.enrolments / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form with stable keys."""
+        return {**asdict(self), "enrolments_per_second": round(self.per_second, 3)}
+
+
+@dataclass
+class UnitTemplates:
+    """The face pipeline's output for one unit (what ``store/work/unit-N.parquet`` holds)."""
+
+    pks: np.ndarray  # int64, every enrolment of the unit, ascending
+    reasons: list[str | None]
+    details: list[str]
+    vectors: np.ndarray  # float32 (n, dim); zero rows for rejects
+    model_id: str
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Mask of the enrolments that gave a template."""
+        return np.array([r is None for r in self.reasons], dtype=bool)
+
+
+def gallery_name(enrolment_pk: int) -> str:
+    """The id under which an enrolment's template is kept in the gallery."""
+    return f"{REAL_PREFIX}{enrolment_pk}"
+
+
+def threshold_of(dep: Deployment) -> float:
+    """The candidate threshold: ``search.threshold``, or the face model's operating point when 0."""
+    from dedup.face import DEFAULT_COSINE_THRESHOLD
+
+    return dep.settings.search.threshold or DEFAULT_COSINE_THRESHOLD
+
+
+def synthetic_sample(dim: int, n: int, seed: int = 7) -> np.ndarray:
+    """Face-like synthetic templates in a ``dim``-d model space (for training a codec)."""
+    from dedup.synth import SynthSpec, SyntheticData, get_profile
+
+    data = SyntheticData(SynthSpec(get_profile("face-like", dim), gallery_size=n, queries=0, seed=seed))
+    return np.concatenate([b.vectors for b in data.blocks()])[:n]
+
+
+def ensure_gallery(dep: Deployment, model_id: str, dim: int, train_sample: np.ndarray | None = None) -> Any:
+    """Open the deployment's gallery, creating it and training its codec when needed.
+
+    A new gallery's codec is trained on ``train_sample``, by default a face-like synthetic
+    sample in the model's space (a bootstrap: decisions use exact scores; the codec only
+    proposes candidates).
+    """
+    from dedup.index.gallery import Gallery
+
+    root = dep.gallery
+    if not (root / "CURRENT").exists():
+        Gallery.create(root, model_id, dim, dep.settings.index)
+    gallery = Gallery.open(root, dep.settings.index)
+    if gallery.model_id != model_id:
+        raise ModelMismatch(f"the gallery holds templates of model {gallery.model_id!r}, the face pipeline makes {model_id!r}")
+    if gallery.codec is None:
+        sample = train_sample if train_sample is not None else synthetic_sample(dim, min(dep.settings.index.train_size, 20_000))
+        gallery.train(sample)
+    return gallery
+
+
+class Runner:
+    """One ``dedup run`` on a deployment (see the module docstring for the steps)."""
+
+    def __init__(self, dep: Deployment, actor: Actor, scheduler: str | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        authorize(actor, "pipeline.run")
+        self.dep = dep
+        self.actor = actor
+        self.scheduler = scheduler if scheduler is not None else (dep.settings.runtime.scheduler or None)
+        self.progress = progress or (lambda _msg: None)
+        self._model: Any = None
+        self._gallery: Any = None
+        self._client: Any = None
+        self.report = RunReport()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, once: bool = True, poll_seconds: float = 2.0) -> RunReport:
+        """Process every received enrolment (``once``), or keep polling for more until interrupted."""
+        start = time.perf_counter()
+        lock_conn = self.dep.database.connect()
+        try:
+            if not lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_RUN_LOCK,)).fetchone()["ok"]:
+                raise Conflict("another `dedup run` is working on this deployment; wait for it or stop it")
+            with self.dep.database.session() as conn:
+                while True:
+                    worked = self._step(conn)
+                    if not worked:
+                        if once:
+                            break
+                        time.sleep(poll_seconds)
+        finally:
+            lock_conn.close()  # releases the advisory lock
+            if self._client is not None:
+                self._client.close()
+            self.report.seconds = time.perf_counter() - start
+        return self.report
+
+    def _step(self, conn: psycopg.Connection[Any]) -> bool:
+        """Advance the oldest unfinished unit, or claim a new one; False when there is nothing to do."""
+        row = conn.execute("SELECT unit_id, state FROM run_units WHERE state <> 'done' ORDER BY unit_id LIMIT 1").fetchone()
+        if row is None:
+            unit_id = self._claim(conn)
+            if unit_id is None:
+                return False
+            state = "claimed"
+        else:
+            unit_id, state = int(row["unit_id"]), row["state"]
+        templates = self._templates(conn, unit_id)
+        if state == "claimed":
+            candidates, capped = self._search(conn, unit_id, templates)
+            self._decide(conn, unit_id, templates, candidates, capped)
+        self._add(conn, unit_id, templates)
+        return True
+
+    # ------------------------------------------------------------------ steps
+
+    def _claim(self, conn: psycopg.Connection[Any]) -> int | None:
+        with conn.transaction():
+            unit_id = conn.execute("INSERT INTO run_units (size) VALUES (0) RETURNING unit_id").fetchone()["unit_id"]
+            taken = conn.execute(
+                """UPDATE enrolments SET state = 'processing', unit_id = %s, updated_at = now()
+                   WHERE enrolment_pk IN (SELECT enrolment_pk FROM enrolments WHERE state = 'received'
+                                          ORDER BY enrolment_pk LIMIT %s FOR UPDATE SKIP LOCKED)""",
+                (unit_id, self.dep.settings.store.run_batch_size),
+            ).rowcount
+            if taken == 0:
+                raise psycopg.Rollback()
+            conn.execute("UPDATE run_units SET size = %s WHERE unit_id = %s", (taken, unit_id))
+        if taken == 0:
+            return None
+        crash_point("run.claimed")
+        self.progress(f"unit {unit_id}: {taken} enrolments claimed")
+        return int(unit_id)
+
+    def _work_file(self, unit_id: int) -> Path:
+        return self.dep.store / "work" / f"unit-{unit_id}.parquet"
+
+    def _templates(self, conn: psycopg.Connection[Any], unit_id: int) -> UnitTemplates:
+        """The unit's templates: from its work file, or by running the face pipeline once."""
+        path = self._work_file(unit_id)
+        if path.exists():
+            return read_unit(path)
+        from dedup.face import embed_photos
+
+        rows = conn.execute("SELECT enrolment_pk, photo_sha256 FROM enrolments WHERE unit_id = %s ORDER BY enrolment_pk",
+                            (unit_id,)).fetchall()
+        photos = self.dep.store / "photos"
+        items = [str(photos / r["photo_sha256"][:2] / r["photo_sha256"]) for r in rows]
+        result = embed_photos(items, self.dep.settings.face, model=self.model())
+        dim = result.dim
+        vectors = np.zeros((len(rows), dim), dtype=np.float32)
+        reasons: list[str | None] = []
+        details: list[str] = []
+        for i, rec in enumerate(result.results):
+            reasons.append(rec.reason)
+            details.append(rec.detail)
+            if rec.ok:
+                vectors[i] = result.embeddings[rec.row]
+        unit = UnitTemplates(np.array([r["enrolment_pk"] for r in rows], dtype=np.int64), reasons, details, vectors, result.model_id)
+        write_unit(unit, path)
+        crash_point("run.embedded")
+        self.progress(f"unit {unit_id}: {int(unit.ok.sum())} templates, {len(rows) - int(unit.ok.sum())} photos rejected")
+        return unit
+
+    def _search(self, conn: psycopg.Connection[Any], unit_id: int, unit: UnitTemplates) -> tuple[dict[int, list[NewCandidate]], int]:
+        """Candidates per enrolment pk (gallery, same unit, in flight), capped at max_candidates."""
+        from dedup.index.params import SearchParams
+
+        threshold = threshold_of(self.dep)
+        params = SearchParams.from_settings(self.dep.settings.search, threshold)
+        ok = np.flatnonzero(unit.ok)
+        found: dict[int, list[NewCandidate]] = {int(unit.pks[i]): [] for i in ok}
+        capped = 0
+        if ok.size == 0:
+            return found, 0
+        probes = unit.vectors[ok]
+        own = set(int(p) for p in unit.pks)
+        gallery = self.gallery(unit.model_id, unit.vectors.shape[1])
+        if len(gallery):
+            result = self._gallery_search(gallery, probes, params)
+            capped += int(result.capped.sum())
+            names = gallery.enrolment_ids(result.row_ids) if result.row_ids.size else []
+            real = {n: int(n[len(REAL_PREFIX):]) for n in names if n.startswith(REAL_PREFIX) and n[len(REAL_PREFIX):].isdigit()}
+            live = _live_enrolments(conn, [pk for pk in real.values() if pk not in own])
+            probe_of = result.probe_index()
+            for k, (row, score, name) in enumerate(zip(result.row_ids.tolist(), result.scores.tolist(), names)):
+                pk_probe = int(unit.pks[ok[probe_of[k]]])
+                if name.startswith(SYNTHETIC_PREFIX):
+                    found[pk_probe].append(NewCandidate(int(row), None, float(score), "gallery"))
+                elif name in real and real[name] in live:
+                    found[pk_probe].append(NewCandidate(int(row), real[name], float(score), "gallery"))
+                # else: our own rows from an earlier attempt, or rows no longer in the gallery's
+                # live set (duplicates, recaptures, rejected): not candidates.
+        # The same unit, in enrolment order: a later capture matches an earlier one.
+        sims = probes @ probes.T
+        for a in range(ok.size):
+            for b in np.flatnonzero(sims[a, :a] >= threshold):
+                found[int(unit.pks[ok[a]])].append(NewCandidate(None, int(unit.pks[ok[b]]), float(sims[a, b]), "batch"))
+        # Other unfinished units (claimed, embedded, not yet in the gallery).
+        for other_id, other in self._in_flight(conn, unit_id):
+            sel = np.flatnonzero(other.ok)
+            scores = probes @ other.vectors[sel].T
+            for a, b in zip(*np.nonzero(scores >= threshold)):
+                found[int(unit.pks[ok[a]])].append(NewCandidate(None, int(other.pks[sel[b]]), float(scores[a, b]), "in_flight"))
+        cap = params.max_candidates
+        for pk, cands in found.items():
+            if len(cands) > cap:
+                cands.sort(key=lambda c: -c.score)
+                found[pk] = cands[:cap]
+                capped += 1
+        return found, capped
+
+    def _gallery_search(self, gallery: Any, probes: np.ndarray, params: Any) -> Any:
+        if self.scheduler is None:
+            return gallery.search(probes, params, block=self.dep.settings.search.probe_block)
+        from dedup import cluster
+
+        if self._client is None:
+            self._client = cluster.connect(self.scheduler)
+        return cluster.search_shards(self._client, gallery.shard_paths(), probes, params)
+
+    def _in_flight(self, conn: psycopg.Connection[Any], unit_id: int) -> list[tuple[int, UnitTemplates]]:
+        rows = conn.execute("SELECT unit_id FROM run_units WHERE state = 'claimed' AND unit_id <> %s", (unit_id,)).fetchall()
+        out = []
+        for r in rows:
+            path = self._work_file(int(r["unit_id"]))
+            if path.exists():
+                out.append((int(r["unit_id"]), read_unit(path)))
+        return out
+
+    def _decide(self, conn: psycopg.Connection[Any], unit_id: int, unit: UnitTemplates,
+                candidates: dict[int, list[NewCandidate]], capped: int) -> None:
+        counts = {"accepted": 0, "cases": 0, "rejected": 0}
+        reasons: dict[str, int] = {}
+        with conn.transaction():
+            state = conn.execute("SELECT state FROM run_units WHERE unit_id = %s FOR UPDATE", (unit_id,)).fetchone()["state"]
+            if state != "claimed":
+                return
+            for i, pk in enumerate(unit.pks.tolist()):
+                reason = unit.reasons[i]
+                if reason is not None:
+                    conn.execute(
+                        "UPDATE enrolments SET state = 'rejected', reason = %s, detail = %s, updated_at = now() WHERE enrolment_pk = %s",
+                        (reason, unit.details[i], pk),
+                    )
+                    counts["rejected"] += 1
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                elif candidates.get(pk):
+                    open_case(conn, pk, candidates[pk])
+                    counts["cases"] += 1
+                else:
+                    issue_uin(conn, pk, SYSTEM.name)
+                    counts["accepted"] += 1
+                if i == 0:
+                    crash_point("run.deciding")  # mid-transaction: nothing of the unit may survive
+            conn.execute("UPDATE run_units SET state = 'decided', model_id = %s, updated_at = now() WHERE unit_id = %s",
+                         (unit.model_id, unit_id))
+            audit.record(conn, SYSTEM.name, "run.decide", "unit", unit_id,
+                         {**counts, "capped_probes": capped, "rejected_reasons": reasons, "started_by": self.actor.name})
+        crash_point("run.decided")
+        r = self.report
+        r.units += 1
+        r.enrolments += len(unit.pks)
+        r.accepted += counts["accepted"]
+        r.cases += counts["cases"]
+        r.rejected += counts["rejected"]
+        r.capped_probes += capped
+        for k, v in reasons.items():
+            r.rejected_reasons[k] = r.rejected_reasons.get(k, 0) + v
+        self.progress(f"unit {unit_id}: {counts['accepted']} accepted, {counts['cases']} to adjudication, {counts['rejected']} rejected")
+
+    def _add(self, conn: psycopg.Connection[Any], unit_id: int, unit: UnitTemplates) -> None:
+        ok = np.flatnonzero(unit.ok)
+        if ok.size:
+            gallery = self.gallery(unit.model_id, unit.vectors.shape[1])
+            gallery.add(unit.vectors[ok], [gallery_name(int(unit.pks[i])) for i in ok], model_id=unit.model_id)
+        crash_point("run.added")
+        with conn.transaction():
+            conn.execute("UPDATE run_units SET state = 'done', updated_at = now() WHERE unit_id = %s", (unit_id,))
+        self._work_file(unit_id).unlink(missing_ok=True)  # the templates live in the gallery now
+
+    # ------------------------------------------------------------------ resources
+
+    def model(self) -> Any:
+        """The face model, loaded once per process and settings."""
+        if self._model is None:
+            from dedup.face import load_model
+
+            key = self.dep.settings.face
+            if key not in _MODELS:
+                _MODELS[key] = load_model(key)
+            self._model = _MODELS[key]
+        return self._model
+
+    def gallery(self, model_id: str, dim: int) -> Any:
+        """The deployment's gallery (created and trained on first use)."""
+        if self._gallery is None:
+            self._gallery = ensure_gallery(self.dep, model_id, dim)
+        elif self._gallery.model_id != model_id:
+            raise ModelMismatch(f"the gallery holds templates of model {self._gallery.model_id!r}, not {model_id!r}")
+        return self._gallery
+
+
+def _live_enrolments(conn: psycopg.Connection[Any], pks: list[int]) -> set[int]:
+    """Which of these enrolments still stand in the gallery (accepted or in adjudication)."""
+    if not pks:
+        return set()
+    rows = conn.execute("SELECT enrolment_pk FROM enrolments WHERE enrolment_pk = ANY(%s) AND state = ANY(%s)",
+                        (pks, list(_GALLERY_STATES))).fetchall()
+    return {int(r["enrolment_pk"]) for r in rows}
+
+
+def write_unit(unit: UnitTemplates, path: Path) -> None:
+    """Write a unit's templates atomically (biometric data: inside the store only)."""
+    dim = unit.vectors.shape[1]
+    table = pa.table(
+        {
+            "enrolment_pk": pa.array(unit.pks, type=pa.int64()),
+            "reason": pa.array(unit.reasons, type=pa.string()),
+            "detail": pa.array(unit.details, type=pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(unit.vectors.reshape(-1), type=pa.float32()), dim),
+        }
+    ).replace_schema_metadata({"dedup.schema": "run_unit", "dedup.model_id": unit.model_id})
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_unit(path: Path) -> UnitTemplates:
+    """Read a unit's work file back."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise GalleryError(f"{path}: unreadable run work file ({exc}); delete it to embed the unit again") from None
+    meta = table.schema.metadata or {}
+    dim = table.schema.field("embedding").type.list_size
+    vectors = table.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, dim).astype(np.float32)
+    return UnitTemplates(table.column("enrolment_pk").to_numpy().astype(np.int64), table.column("reason").to_pylist(),
+                         table.column("detail").to_pylist(), vectors, meta.get(b"dedup.model_id", b"").decode())
+
+
+def fill_synthetic(dep: Deployment, n: int, model_id: str, dim: int, seed: int = 11,
+                   progress: Callable[[int], None] | None = None) -> int:
+    """Add ``n`` synthetic face-like templates (ids ``synth-<row>``) to the gallery; returns the gallery size.
+
+    They are marked synthetic by their ids everywhere they appear (candidates, cases) and
+    never become enrolments. Repeating the call adds nothing (ids are the same).
+    """
+    from dedup.synth import SynthSpec, SyntheticData, get_profile
+
+    data = SyntheticData(SynthSpec(get_profile("face-like", dim), gallery_size=n, queries=0, seed=seed))
+    first = next(data.blocks())
+    gallery = ensure_gallery(dep, model_id, dim, train_sample=first.vectors[: min(len(first.vectors), 50_000)])
+    with gallery.writer() as writer:  # one new generation for the whole fill
+        for block in data.blocks():
+            writer.add(block.vectors, [f"{SYNTHETIC_PREFIX}-{r}" for r in block.row_ids.tolist()])
+            if progress is not None:
+                progress(len(block.row_ids))
+    return len(gallery)
