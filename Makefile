@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench install system-deps clean
+.PHONY: demo test test-all bench bench-small install clean
 
 $(VENV)/.system-deps:
 	@mkdir -p $(VENV)
@@ -28,7 +28,12 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.system-deps
 
 install: $(VENV)/.installed
 
+# The main job: a temporary deployment on the embedded PostgreSQL, real photos, the queue.
 demo: $(VENV)/.installed
+	$(VENV)/bin/dedup demo
+
+# A small scale test of the gallery index (see `dedup bench --help` and benchmarks/).
+bench-small: $(VENV)/.installed
 	$(VENV)/bin/dedup bench --gallery-size 100000 --queries 2000 --profile face-like --seed 1
 
 test: $(VENV)/.installed

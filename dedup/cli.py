@@ -79,9 +79,14 @@ HomeOption = typer.Option(None, "--home", help="deployment folder (default: $DED
 def config_command(
     home: Optional[Path] = HomeOption,
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    markdown: bool = typer.Option(False, "--markdown", help="the settings table of the README"),
 ) -> None:
     """Show every setting, its environment variable, default and effective value."""
-    from dedup.config import describe, load_settings
+    from dedup.config import describe, load_settings, markdown_table
+
+    if markdown:
+        typer.echo(markdown_table())
+        return
 
     settings = load_settings(home_dir(home))
     rows = []
@@ -101,6 +106,80 @@ def config_command(
 
 
 # ----------------------------------------------------------- section: synth / bench (index)
+
+
+@app.command("synth")
+@cli_errors
+def synth_command(
+    out: Path = typer.Option(..., "--out", help="folder for gallery.parquet and probes.parquet"),
+    gallery_size: int = typer.Option(10_000, "--gallery-size", "-n", help="gallery templates"),
+    queries: int = typer.Option(1_000, "--queries", "-q", help="probes (half of them new captures of gallery people)"),
+    profile: str = typer.Option("face-like", "--profile", help="uniform, face-like or arcface-like"),
+    dim: Optional[int] = typer.Option(None, "--dim", help="template dimension [default: the profile's]"),
+    duplicate_rate: float = typer.Option(0.01, "--duplicate-rate", help="share of gallery rows that are planted duplicates"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Write a labelled synthetic set (templates schema, identity and group labels) to Parquet."""
+    from dedup.synth import SynthSpec, SyntheticData, get_profile, write_parquet
+
+    spec = SynthSpec(get_profile(profile, dim), gallery_size, queries, duplicate_rate, 0.5, seed)
+    paths = write_parquet(SyntheticData(spec), out, progress=not as_json and sys.stderr.isatty())
+    result = {"profile": spec.profile.name, "dim": spec.profile.dim, "model_id": spec.profile.model_id,
+              "gallery_size": gallery_size, "queries": queries, "seed": seed,
+              "files": {k: str(v) for k, v in paths.items()}}
+    if as_json:
+        emit_json(result, "-")
+    else:
+        typer.echo(f"wrote {gallery_size:,} gallery and {queries:,} probe templates ({spec.profile.name}, "
+                   f"{spec.profile.dim}-d, synthetic) to {paths['gallery']} and {paths['probes']}")
+
+
+gallery_app = typer.Typer(help="Gallery index maintenance.", no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
+
+
+def _gallery_root(home: Optional[Path], path: Optional[Path]) -> Path:
+    return path if path is not None else home_dir(home) / "gallery"
+
+
+@gallery_app.command("stats")
+@cli_errors
+def gallery_stats_command(
+    home: Optional[Path] = HomeOption,
+    path: Optional[Path] = typer.Option(None, "--path", help="a gallery folder [default: HOME/gallery]"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Templates, shards, generation, codec and bytes per template of the gallery."""
+    from dedup.config import load_settings
+    from dedup.index.gallery import Gallery
+
+    settings = load_settings(home_dir(home))
+    stats = Gallery.open(_gallery_root(home, path), settings.index).stats()
+    if as_json:
+        emit_json(stats, "-")
+        return
+    for key, value in stats.items():
+        typer.echo(f"{key:>26}: {value}")
+
+
+@gallery_app.command("compact")
+@cli_errors
+def gallery_compact_command(
+    home: Optional[Path] = HomeOption,
+    path: Optional[Path] = typer.Option(None, "--path", help="a gallery folder [default: HOME/gallery]"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Merge small shards into full ones and drop removed rows (a new generation)."""
+    from dedup.config import load_settings
+    from dedup.index.gallery import Gallery
+
+    settings = load_settings(home_dir(home))
+    report = Gallery.open(_gallery_root(home, path), settings.index).compact()
+    if as_json:
+        emit_json(report, "-")
+    else:
+        typer.echo(f"compacted: {report['shards_before']} shard(s) -> {report['shards_after']}")
 
 
 @app.command("bench")
@@ -142,6 +221,10 @@ def bench_command(
         overrides["compare"] = tuple(c.strip() for c in compare.split(",") if c.strip())
     spec = dataclasses.replace(spec, **{k: v for k, v in overrides.items() if v is not None})
     settings = load_settings(home_dir(home) if (home or os.environ.get("DEDUP_HOME")) else None)
+    if spec.workers and (spec.scheduler or settings.runtime.scheduler):
+        from dedup.cluster import check_scheduler
+
+        check_scheduler(spec.scheduler or settings.runtime.scheduler)
     quiet = json_out == "-"
     report = run_bench(spec, settings, progress=not quiet and sys.stderr.isatty())
     if json_out:

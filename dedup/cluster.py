@@ -596,3 +596,10 @@ def torch_exact_baseline(gallery_root: Path | str, probes: np.ndarray, params: S
            "ram_bytes_per_template": float(gallery.dim * np.dtype(dtype).itemsize + 8)}
     out.update(score(found))
     return out
+
+
+def check_scheduler(address: str, timeout: float = 10.0) -> None:
+    """Raise ``ClusterError`` unless a Dask scheduler answers at ``address`` (checked before
+    long work, so a typo fails in seconds rather than after building a gallery)."""
+    client = connect(address, timeout=timeout)
+    client.close()

@@ -250,6 +250,16 @@ def describe() -> list[dict[str, Any]]:
     return rows
 
 
+def markdown_table() -> str:
+    """Every setting as a Markdown table (the README's settings section)."""
+    lines = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for row in describe():
+        default = row["default"]
+        shown = f'"{default}"' if isinstance(default, str) else str(default)
+        lines.append(f"| `{row['name']}` | `{row['env']}` | `{shown}` | {row['doc']} |")
+    return "\n".join(lines)
+
+
 def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read ``home/dedup.toml`` (when present) and ``DEDUP_*`` variables over the defaults."""
     environ = os.environ if environ is None else environ

@@ -128,8 +128,8 @@ PROFILES: dict[str, Profile] = {
     ),
     # dlib ResNet 128-d, fitted by benchmarks/profiles/fit_face_like.py.
     "face-like": Profile(
-        name="face-like", dim=128, w_mean=0.8184, w_group=0.04, w_id=0.1416, w_cap=0.0143, alpha=0.9372,
-        quality_sigma=0.4453, threshold=0.908,
+        name="face-like", dim=128, w_mean=0.8204, w_group=0.04, w_id=0.1396, w_cap=0.0145, alpha=0.9325,
+        quality_sigma=0.4469, threshold=0.908,
         threshold_source="dlib's rule (Euclidean 0.6 on raw descriptors) as a cosine at the measured norm",
         groups=(Group("A", 0.4), Group("B", 0.3), Group("C", 0.2), Group("D", 0.1, spread=0.95)),
     ),

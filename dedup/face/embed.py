@@ -3,9 +3,9 @@
 ``embed_photos`` runs the per-photo steps (:mod:`dedup.face.prepare`) in worker processes
 (spawned; each builds its own dlib models, nothing heavy is pickled), embeds the crops in
 torch batches as they arrive (GPU when present), L2-normalises them, and returns one
-record per photo, in input order. A photo that fails is a record with a reason; a worker
-process that dies is retried once in a fresh pool, and photos it still cannot finish are
-recorded as ``processing_error``.
+record per photo, in input order. A photo that fails is a record with a reason. When a
+worker process dies (a crash in a native decoder), the unfinished photos are retried one
+by one, so only the photo that kills a worker becomes ``processing_error``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from dedup.config import FaceSettings
 from dedup.errors import BadInput, InvalidParameter, ProcessingFailed
 from dedup.face import reasons
-from dedup.face.model import FaceModel, load_model
+from dedup.face.model import FaceModel, ModelSpec, load_model, model_id_for
 from dedup.face.prepare import PhotoInput, Prepared, Preparer, init_worker, prepare_in_worker, source_name
 from dedup.face.quality import QualityReport
 from dedup.schemas import REJECTS_SCHEMA, templates_schema
@@ -236,8 +236,8 @@ def embed_photos(
     if not items:
         raise InvalidParameter("no photos to embed")
     model = model or load_model(settings)
-    if model.spec.output_dim != settings.output_dim or model.spec.input_size != settings.input_size:
-        raise InvalidParameter("the model given does not match the face settings")
+    if model.model_id != model_id_for(ModelSpec.from_settings(settings)):
+        raise InvalidParameter(f"the model given ({model.model_id}) is not the one the face settings describe")
     total = len(items)
     prepared: list[Prepared | None] = [None] * total
     raw: dict[int, np.ndarray] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,23 @@ def test_gpu_equals_cpu(photo_paths, cpu_model) -> None:  # type: ignore[no-unty
     cpu = cpu_model.embed(chips, batch_size=64)
     gpu = gpu_model.embed(chips, batch_size=64)
     assert np.abs(cpu - gpu).max() <= 1e-4
+
+
+class KillsTheWorker:
+    """A photo whose unpickling ends the worker process at once: an injected crash, like a
+    native decoder's segfault, without touching library code."""
+
+    def __fspath__(self) -> str:
+        return "killer.jpg"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os._exit, (3,))
+
+
+def test_a_worker_crash_loses_only_that_photo(photo_paths, cpu_model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(embed, "MIN_PHOTOS_FOR_POOL", 1)
+    items = [photo_paths[0], KillsTheWorker(), photo_paths[1]]
+    result = embed_photos(items, FaceSettings(workers=2, device="cpu"), model=cpu_model)  # type: ignore[list-item]
+    assert [r.source for r in result.results] == [photo_paths[0], "killer.jpg", photo_paths[1]]
+    assert [r.reason for r in result.results] == [None, "processing_error", None]
+    assert "worker process died" in result.results[1].detail

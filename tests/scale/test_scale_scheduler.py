@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -53,9 +52,9 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
 
 def test_bench_scales_on_a_hand_started_cluster(dask_cluster: str, tmp_path: Path) -> None:
     out = subprocess.run(
-        _dedup_command() + ["bench", "--gallery-size", "4000", "--queries", "150", "--shards", "3", "--seed", "2",
+        _dedup_command() + ["bench", "--gallery-size", "3000", "--queries", "120", "--shards", "3", "--seed", "2",
                             "--workers", "2", "--scheduler", dask_cluster, "--json", "-"],
-        capture_output=True, timeout=400, cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        capture_output=True, timeout=400, cwd=tmp_path)
     assert out.returncode == 0, out.stderr.decode()[-3000:]
     report = json.loads(out.stdout)
     scaling = report["scaling"]
@@ -63,7 +62,7 @@ def test_bench_scales_on_a_hand_started_cluster(dask_cluster: str, tmp_path: Pat
     points = scaling["points"]
     assert [p["workers"] for p in points] == [1, 2]
     for p in points:
-        assert p["probes"] == 150 and p["shards"] == 3 and p["probes_per_s"] > 0
+        assert p["probes"] == 120 and p["shards"] == 3 and p["probes_per_s"] > 0
         # Same answer on 1 and 2 workers as in one process.
         assert p["duplicate_recall"] == report["duplicate_recall"]
         assert p["capped_probes"] == report["capped_probes"]
