@@ -696,6 +696,8 @@ def run_command(
         runner = Runner(s.dep, s.actor, scheduler, progress=None if as_json else (lambda m: typer.echo(m, err=True)))
         report = runner.run(once=once)
     if as_json:
+        for warning in report.warnings:  # without --json, the progress lines said it already
+            typer.echo(f"warning: {warning}", err=True)
         emit_json(report.as_dict(), "-")
         return
     typer.echo(f"{report.enrolments} enrolments in {report.units} unit(s): {report.accepted} accepted, {report.cases} to adjudication, "
@@ -878,7 +880,7 @@ def calibrate_command(
     gallery_size: Optional[int] = typer.Option(None, "--gallery-size", help="gallery size to calibrate for [default: the deployment's current gallery]"),
     enrolments_per_day: Optional[float] = typer.Option(None, "--enrolments-per-day", help="enrolment rate, for the expected adjudication cases per day"),
     duplicate_rate: float = typer.Option(0.0, "--duplicate-rate", help="fraction of enrolments that are duplicates (caught ones are cases too)"),
-    templates: Optional[list[Path]] = typer.Option(None, "--templates", help="labelled templates Parquet file(s) whose impostor pairs (and genuine pairs, for FNIR) calibrate"),
+    templates: Optional[list[Path]] = typer.Option(None, "--templates", help="labelled templates Parquet file(s) whose impostor pairs (and genuine pairs, for FNIR) calibrate [default: pairs of different accepted identities in the deployment's gallery]"),
     impostor_pairs: Optional[int] = typer.Option(None, "--impostor-pairs", help="impostor pairs sampled at most [default: calibration.impostor_pairs]"),
     seed: int = typer.Option(0, "--seed", help="seed of the pair sampling and the bootstrap"),
     apply: bool = typer.Option(False, "--apply", help="write the threshold to the deployment's dedup.toml, with an audit row (admin)"),
@@ -891,39 +893,46 @@ def calibrate_command(
 
     from dedup.config import load_settings
     from dedup.errors import BadInput
-    from dedup.evaluation.calibrate import apply_calibration, calibrate
+    from dedup.evaluation.calibrate import apply_calibration, calibrate, deployment_gallery_size, sample_deployment_impostors
     from dedup.evaluation.data import load_templates
     from dedup.evaluation.evaluate import operating_threshold
     from dedup.evaluation.scores import genuine_scores, impostor_sample
     from dedup.evaluation.tail import fit_tail
 
     where = home_dir(home)
-    settings = load_settings(where if (home or os.environ.get("DEDUP_HOME") or apply) else None)
+    settings = load_settings(where if (home or os.environ.get("DEDUP_HOME") or apply or not templates) else None)
     cal = settings.calibration
     target = cal.target_fpir if target_fpir is None else target_fpir
-    if not templates:
-        raise BadInput("calibration needs impostor scores: pass --templates FILE (labelled templates); sampling the "
-                       "live gallery of a deployment is not wired to the store yet")
     size_source = "given"
     if gallery_size is None:
-        raise BadInput("pass --gallery-size N (the deployment's current gallery size is not read yet)")
-    data = load_templates(list(templates))
+        gallery_size = deployment_gallery_size(where)
+        if gallery_size is None:
+            raise BadInput(f"pass --gallery-size N ({where} is not a deployment with a gallery to read its size from)")
+        size_source = "deployment gallery"
     rng = np.random.default_rng(seed)
     quiet = json_out == "-"
-    bar, update = _eval_progress(not quiet and sys.stderr.isatty())
-    if bar is not None:
-        with bar:
+    gen = None
+    if templates:
+        data = load_templates(list(templates))
+        model_id = data.model_id
+        bar, update = _eval_progress(not quiet and sys.stderr.isatty())
+        if bar is not None:
+            with bar:
+                imp = impostor_sample(data.vectors, data.identity, data.group, data.group_names,
+                                      max_pairs=impostor_pairs or cal.impostor_pairs, rng=rng, progress=update)
+        else:
             imp = impostor_sample(data.vectors, data.identity, data.group, data.group_names,
-                                  max_pairs=impostor_pairs or cal.impostor_pairs, rng=rng, progress=update)
-    else:
-        imp = impostor_sample(data.vectors, data.identity, data.group, data.group_names,
-                              max_pairs=impostor_pairs or cal.impostor_pairs, rng=rng)
-    gen = genuine_scores(data.vectors, data.identity, data.group, rng=rng)
+                                  max_pairs=impostor_pairs or cal.impostor_pairs, rng=rng)
+        gen = genuine_scores(data.vectors, data.identity, data.group, rng=rng)
+    else:  # the live gallery: pairs of different accepted identities (no genuine pairs, so no FNIR)
+        live = sample_deployment_impostors(where, impostor_pairs or cal.impostor_pairs, rng)
+        imp, model_id = live.impostor, live.model_id
     tail = fit_tail(imp, cal.tail_fraction, cal.confidence, cal.bootstrap, rng)
-    current = settings.search.threshold or operating_threshold(data.model_id)
-    result = calibrate(tail, gen, target, gallery_size, data.model_id, imp, enrolments_per_day, duplicate_rate,
+    current = settings.search.threshold or operating_threshold(model_id)
+    result = calibrate(tail, gen, target, gallery_size, model_id, imp, enrolments_per_day, duplicate_rate,
                        current, size_source)
-    doc: dict[str, Any] = {**result.to_dict(), "applied": None}
+    doc: dict[str, Any] = {**result.to_dict(), "impostor_source": "templates" if templates else "deployment gallery",
+                           "applied": None}
     if apply:
         done = apply_calibration(where, user, result, tail)
         doc["applied"] = {"settings": str(done.settings_path), "calibration": str(done.calibration_path),

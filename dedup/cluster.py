@@ -562,6 +562,7 @@ def bench_scaling(gallery_root: Path | str, probes: np.ndarray, params: SearchPa
     if max_workers < 1:
         raise InvalidParameter(f"--workers must be >= 1, got {max_workers}")
     plan = plan_for_device(device, probe_block)
+    load_before = os.getloadavg()[0]
     points = scaling_run(gallery_root, probes, params, list(range(1, max_workers + 1)), scheduler=scheduler,
                          threads_per_worker=threads_per_worker, plan=plan, repeats=repeats)
     rows = [{**p.as_dict(), **score(p.candidates)} for p in points]
@@ -569,7 +570,9 @@ def bench_scaling(gallery_root: Path | str, probes: np.ndarray, params: SearchPa
     for r in rows:
         r["speedup_vs_1_worker"] = round(r["probes_per_s"] / base, 3) if base else None
     return {"scheduler": scheduler or "LocalCluster (127.0.0.1)", "device": device, "method": plan.method,
-            "probe_block": probe_block, "cores": usable_cores(), "points": rows}
+            "probe_block": probe_block, "cores": usable_cores(), "points": rows,
+            # Other work on the machine shows here (a shared 2-core box gains little from 2 workers).
+            "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}}
 
 
 def torch_exact_baseline(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, device: str,

@@ -61,8 +61,8 @@ class SearchSettings:
     """How probes are searched against the gallery and candidates decided."""
 
     threshold: float = setting(0.0, "exact cosine at or above which a gallery row is a candidate; 0 means the model's documented operating point")
-    nprobe: int = setting(16, "IVF lists visited per probe")
-    depth: int = setting(64, "PQ-ranked rows re-ranked exactly per probe before deepening")
+    nprobe: int = setting(32, "IVF lists visited per probe (deepened probes visit more)")
+    depth: int = setting(16, "PQ-ranked rows re-ranked exactly per probe before deepening")
     max_depth: int = setting(4096, "deepest a probe is searched when all of its re-ranked rows are above the threshold")
     max_candidates: int = setting(100, "candidates kept per probe (highest exact scores); probes that hit it are reported as capped")
     deepen_margin: float = setting(0.0, "a probe is searched deeper while the exact score of its last PQ-ranked row is at or above threshold minus this margin")
@@ -215,6 +215,30 @@ class CalibrationSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The adjudicators' web app and the centres' HTTP API (`dedup serve`)."""
+
+    host: str = setting("127.0.0.1", "address `dedup serve` listens on; 127.0.0.1 keeps it to this machine (put a TLS proxy in front to open it)")
+    port: int = setting(8000, "TCP port of `dedup serve`")
+    blind_mode: bool = setting(False, "hide the score on the case page until the adjudicator has decided; it is then shown and recorded beside the decision")
+    control_rate: float = setting(0.0, "fraction of `next case` claims that get a control pair (a known duplicate or distinct pair) instead, while real cases wait")
+    session_seconds: int = setting(28_800, "how long a web login lasts")
+    lockout_attempts: int = setting(5, "failed logins in a row that lock an account")
+    lockout_seconds: int = setting(900, "how long a locked account stays locked")
+    cookie_secure: bool = setting(False, "send cookies only over HTTPS (set true behind a TLS proxy)")
+    max_upload_bytes: int = setting(2_000_000_000, "largest API batch upload (manifest and photos together), in bytes")
+
+    def __post_init__(self) -> None:
+        require(self.host != "", "host must not be empty")
+        require(1 <= self.port <= 65535, "port must be between 1 and 65535")
+        require(0.0 <= self.control_rate <= 1.0, "control_rate must be between 0 and 1")
+        require(self.session_seconds >= 60, "session_seconds must be >= 60")
+        require(self.lockout_attempts >= 1, "lockout_attempts must be >= 1")
+        require(self.lockout_seconds >= 1, "lockout_seconds must be >= 1")
+        require(self.max_upload_bytes >= 1024, "max_upload_bytes must be >= 1024")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a deployment, by section."""
 
@@ -224,6 +248,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     face: FaceSettings = field(default_factory=FaceSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     def replace(self, section: str, **changes: Any) -> "Settings":
         """Return a copy with some fields of one section changed (validated)."""

@@ -50,6 +50,12 @@ class PermissionDenied(DedupError):
     exit_code = 5
 
 
+class Unauthenticated(DedupError):
+    """No valid login, session or API token came with the request (HTTP 401)."""
+
+    exit_code = 5
+
+
 class NotFound(DedupError):
     """A named object (enrolment, batch, case, user, centre, deployment) does not exist."""
 

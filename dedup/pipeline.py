@@ -18,6 +18,11 @@ three recorded states, and each step is either repeatable or recorded atomically
    per enrolment: a repeat returns the existing rows), then the unit is marked done and its
    work file deleted.
 
+At the start of a run and after each unit enters the gallery, the configured threshold is
+checked against the deployment's calibration (``calibration.json``) at the gallery's new
+size: when the gallery has outgrown it, the run's report carries a warning (once per run)
+and a ``run.threshold_warning`` audit row records it. The run itself goes on.
+
 A rerun first finishes unfinished units in order, then claims new ones. One ``dedup run``
 works on a deployment at a time (a PostgreSQL advisory lock held for the run), which is
 what makes "searched against everything before it" exact. Crash points
@@ -66,6 +71,7 @@ class RunReport:
     capped_probes: int = 0
     seconds: float = 0.0
     rejected_reasons: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def per_second(self) -> float:
@@ -147,6 +153,7 @@ class Runner:
         self._model: Any = None
         self._gallery: Any = None
         self._client: Any = None
+        self._threshold_warned = False
         self.report = RunReport()
 
     # ------------------------------------------------------------------ the loop
@@ -159,6 +166,7 @@ class Runner:
             if not lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_RUN_LOCK,)).fetchone()["ok"]:
                 raise Conflict("another `dedup run` is working on this deployment; wait for it or stop it")
             with self.dep.database.session() as conn:
+                self._check_threshold(conn)
                 while True:
                     worked = self._step(conn)
                     if not worked:
@@ -355,6 +363,33 @@ class Runner:
         with conn.transaction():
             conn.execute("UPDATE run_units SET state = 'done', updated_at = now() WHERE unit_id = %s", (unit_id,))
         self._work_file(unit_id).unlink(missing_ok=True)  # the templates live in the gallery now
+        if ok.size:
+            self._check_threshold(conn)
+
+    def _check_threshold(self, conn: psycopg.Connection[Any]) -> None:
+        """Warn (report, progress, one audit row per run) when the gallery has outgrown the threshold."""
+        from dedup.errors import DedupError
+        from dedup.evaluation.calibrate import check_deployment_threshold
+
+        if self._threshold_warned:
+            return
+        try:
+            check = check_deployment_threshold(self.dep.home, self.gallery_size())
+        except DedupError as exc:  # a broken calibration.json must not stop enrolment
+            self._threshold_warned = True
+            self.report.warnings.append(f"threshold not checked: {exc}")
+            self.progress(f"warning: threshold not checked: {exc}")
+            return
+        if check is None or check.ok:
+            return
+        self._threshold_warned = True
+        self.report.warnings.append(check.message)
+        self.progress(f"warning: {check.message}")
+        with conn.transaction():
+            audit.record(conn, SYSTEM.name, "run.threshold_warning", "settings", "search.threshold", {
+                "threshold": check.threshold, "target_fpir": check.target_fpir, "gallery_size": check.gallery_size,
+                "fpir": check.fpir, "fpir_ci": list(check.fpir_ci), "required_threshold": check.required_threshold,
+                "started_by": self.actor.name})
 
     # ------------------------------------------------------------------ resources
 
@@ -368,6 +403,16 @@ class Runner:
                 _MODELS[key] = load_model(key)
             self._model = _MODELS[key]
         return self._model
+
+    def gallery_size(self) -> int:
+        """Templates in the deployment's gallery now (0 before it exists)."""
+        if self._gallery is not None:
+            return len(self._gallery)
+        if not (self.dep.gallery / "CURRENT").exists():
+            return 0
+        from dedup.index.gallery import Gallery
+
+        return len(Gallery.open(self.dep.gallery, self.dep.settings.index))
 
     def gallery(self, model_id: str, dim: int) -> Any:
         """The deployment's gallery (created and trained on first use)."""

@@ -12,7 +12,9 @@ Reference: Aadhaar (UIDAI) reported FPIR 0.057% with fingerprints and irises fus
 manual reviews a day at 1M enrolments a day.
 
 A deployment keeps the fitted model in ``calibration.json`` (statistics only) so that
-``dedup run`` can ask ``threshold_still_meets_target`` as its gallery grows.
+``dedup run`` can ask ``threshold_still_meets_target`` as its gallery grows
+(``check_deployment_threshold``). On a live deployment the impostor scores come from the
+gallery itself (``sample_deployment_impostors``): pairs of different accepted identities.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dedup.errors import BadInput, ConfigError, InvalidParameter
-from dedup.evaluation.scores import GenuineScores, ImpostorSample, impostor_sample
+from dedup.evaluation.scores import GenuineScores, ImpostorSample, impostor_sample, sample_rows
 from dedup.evaluation.stats import wilson_interval
 from dedup.evaluation.tail import TailModel, fmr_for_fpir, fpir_from_fmr
 
@@ -88,6 +90,70 @@ def sample_impostor_scores_from_gallery(vectors: np.ndarray, identities: np.ndar
     if groups is None:
         groups, group_names = np.zeros(vectors.shape[0], dtype=np.int16), ["all"]
     return impostor_sample(vectors, codes, groups, group_names or ["all"], max_pairs=n_pairs, rng=rng)
+
+
+@dataclass
+class DeploymentSample:
+    """Impostor scores sampled from a deployment's own gallery."""
+
+    impostor: ImpostorSample
+    model_id: str
+    gallery_size: int       # every gallery row (synthetic and pending ones too): what a search is up against
+    accepted: int           # accepted identities with a UIN that the sample was drawn from
+
+
+def sample_deployment_impostors(home: Path, n_pairs: int, rng: np.random.Generator) -> DeploymentSample:
+    """Impostor scores of a live deployment: random pairs of different accepted identities.
+
+    The accepted enrolments (state ``accepted``, with a UIN) come from PostgreSQL; a random
+    subset large enough for about ``n_pairs`` pairs is mapped to gallery rows by the pipeline's
+    enrolment ids (``e<enrolment_pk>``), and only those rows' exact vectors are read. The
+    identity of a row is its UIN. Synthetic rows and enrolments in adjudication are not
+    sampled (their identity is not known). Templates stay in memory only.
+    """
+    from dedup.deployment import open_deployment
+    from dedup.index.gallery import Gallery
+    from dedup.pipeline import gallery_name
+
+    home = Path(home)
+    if not has_database(home):
+        raise BadInput(f"{home} is not a deployment with a database: pass --templates FILE (labelled templates), "
+                       "or --home DIR of a deployment to sample its gallery")
+    dep = open_deployment(home)
+    if not (dep.gallery / "CURRENT").exists():
+        raise BadInput(f"{home}: the deployment has no gallery yet (`dedup run` makes it); pass --templates FILE")
+    gallery = Gallery.open(dep.gallery, dep.settings.index)
+    with dep.database.session() as conn:
+        pks = np.array([r["enrolment_pk"] for r in conn.execute(
+            "SELECT enrolment_pk FROM enrolments WHERE state = 'accepted' AND uin IS NOT NULL ORDER BY enrolment_pk")],
+            dtype=np.int64)
+        if pks.size < 2:
+            raise BadInput(f"{home}: {pks.size} accepted identities; impostor pairs need at least 2 "
+                           "(pass --templates FILE until the deployment has more)")
+        chosen = pks[sample_rows(int(pks.size), n_pairs, rng)[0]]
+        uin_of = {int(r["enrolment_pk"]): r["uin"] for r in conn.execute(
+            "SELECT enrolment_pk, uin FROM enrolments WHERE enrolment_pk = ANY(%s)", (chosen.tolist(),))}
+    rows = gallery.find_enrolments([gallery_name(int(pk)) for pk in chosen])
+    present = [int(pk) for pk in chosen if gallery_name(int(pk)) in rows]  # a unit decided but not yet added: skipped
+    if len(present) < 2:
+        raise BadInput(f"{home}: only {len(present)} accepted identities have a template in the gallery; "
+                       "finish `dedup run` first, or pass --templates FILE")
+    vectors = gallery.exact_vectors(np.array([rows[gallery_name(pk)] for pk in present], dtype=np.int64))
+    identities = np.array([uin_of[pk] for pk in present])
+    impostor = sample_impostor_scores_from_gallery(vectors, identities, n_pairs, rng)
+    return DeploymentSample(impostor, gallery.model_id, len(gallery), int(pks.size))
+
+
+def deployment_gallery_size(home: Path) -> int | None:
+    """The number of templates in the gallery of the deployment at ``home``; None without one."""
+    from dedup.config import SETTINGS_FILE, load_settings
+    from dedup.deployment import GALLERY_DIR
+    from dedup.index.gallery import Gallery
+
+    root = Path(home) / GALLERY_DIR
+    if not (Path(home) / SETTINGS_FILE).exists() or not (root / "CURRENT").exists():
+        return None
+    return len(Gallery.open(root, load_settings(home).index))
 
 
 def calibrate(tail: TailModel, genuine: GenuineScores | None, target_fpir: float, gallery_size: int,
@@ -315,9 +381,8 @@ def apply_calibration(home: Path, user: str | None, calibration: Calibration, ta
     """
     from dedup.config import load_settings
     from dedup.deployment import open_deployment
-    from dedup.errors import PermissionDenied
     from dedup.store import audit
-    from dedup.store.users import authenticate
+    from dedup.store.users import authenticate, authorize
 
     home = Path(home)
     if not has_database(home):
@@ -327,9 +392,7 @@ def apply_calibration(home: Path, user: str | None, calibration: Calibration, ta
     dep = open_deployment(home)
     with dep.database.session() as conn:
         actor = authenticate(conn, user)
-        if actor.role != "admin":
-            raise PermissionDenied(f"user {actor.name!r} (role {actor.role}) may not change the threshold; "
-                                   "allowed roles: admin")
+        authorize(actor, "threshold.calibrate")
         with conn.transaction():
             audit.record(conn, actor.name, "threshold.calibrate", "settings", "search.threshold", {
                 "previous": previous, "threshold": calibration.threshold,

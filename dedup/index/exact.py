@@ -213,6 +213,30 @@ class ExactIndex:
             self._rows = _tensor(row_ids).to(self.device)
             self._live = None if self._host_live is None else _tensor(self._host_live).to(self.device)
 
+    @classmethod
+    def from_tensors(cls, vectors: "object", row_ids: "object", config: ExactConfig | None = None) -> "ExactIndex":
+        """An index over torch tensors already on their device (float16/float32 vectors, int64
+        row ids), used as they are: no host copy (e.g. a gallery generated on the GPU)."""
+        import torch
+
+        if not isinstance(vectors, torch.Tensor) or not isinstance(row_ids, torch.Tensor):
+            raise InvalidParameter("from_tensors needs torch tensors")
+        if vectors.ndim != 2 or vectors.dtype not in (torch.float16, torch.float32):
+            raise InvalidParameter(f"vectors must be a 2-d float16/float32 tensor, got {tuple(vectors.shape)} {vectors.dtype}")
+        if row_ids.shape != (vectors.shape[0],) or row_ids.dtype != torch.int64 or row_ids.device != vectors.device:
+            raise InvalidParameter("row_ids must be an int64 tensor with one entry per vector, on the vectors' device")
+        self = cls.__new__(cls)
+        self.device = vectors.device
+        self.config = (config or ExactConfig()).resolved(self.device)
+        self.n, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
+        self.storage_dtype = str(vectors.dtype).replace("torch.", "")
+        self.resident = True
+        self._compute = getattr(torch, self.config.compute_dtype)
+        self.margin = MARGIN[self.config.compute_dtype]
+        self._host_vectors = self._host_rows = self._host_live = None
+        self._vectors, self._rows, self._live = vectors, row_ids, None
+        return self
+
     def _chunks(self) -> Iterator[tuple["object", "object", "object"]]:
         """(vectors in the storage dtype, row ids, live mask or None) per chunk, on the device."""
         import torch

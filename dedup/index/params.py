@@ -21,8 +21,8 @@ class SearchParams:
     """
 
     threshold: float
-    nprobe: int = 16
-    depth: int = 64
+    nprobe: int = 32
+    depth: int = 16
     max_depth: int = 4096
     max_candidates: int = 100
     deepen_margin: float = 0.0

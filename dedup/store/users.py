@@ -32,12 +32,18 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "enrolment.status": frozenset({"centre", "supervisor", "admin"}),
     "batch.report": frozenset({"centre", "supervisor", "admin"}),
     "pipeline.run": frozenset({"admin"}),
+    "threshold.calibrate": frozenset({"admin"}),
     "queue.list": frozenset({"adjudicator", "supervisor", "admin"}),
     "queue.claim": frozenset({"adjudicator", "supervisor"}),
     "queue.show": frozenset({"adjudicator", "supervisor"}),
     "queue.decide": frozenset({"adjudicator", "supervisor"}),
     "queue.release": frozenset({"adjudicator", "supervisor"}),
     "audit.read": frozenset({"supervisor", "admin"}),
+    # the web app (dedup/web): passwords, centre API tokens, supervisor pages, control pairs
+    "user.passwd": frozenset({"admin"}),
+    "token.create": frozenset({"admin"}),
+    "supervise.stats": frozenset({"supervisor", "admin"}),
+    "control.manage": frozenset({"supervisor"}),
 }
 
 

@@ -1,0 +1,159 @@
+"""Calibration on a live deployment: `dedup calibrate` samples impostor pairs from the gallery
+of accepted identities and `--apply` records it (audit row, dedup.toml); `dedup run` warns
+once the gallery has outgrown the calibrated threshold.
+
+The accepted identities here are real enrolments (submitted through `dedup submit`, UINs
+issued in PostgreSQL) whose gallery templates are face-like synthetic vectors under the
+pipeline's ids: embedding dozens of distinct real faces is more than the photos installed
+packages ship. The warning after a unit enters the gallery is checked with real photos.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from conftest import Cli, write_batch
+
+ACCEPTED = 40           # accepted identities; one of them is not in the gallery yet
+SYNTHETIC = 2000        # synthetic gallery rows (never sampled)
+FAST = {"DEDUP_INDEX_TRAIN_SIZE": "1000", "DEDUP_FACE_WORKERS": "1", "DEDUP_CALIBRATION_BOOTSTRAP": "20"}
+
+
+@pytest.fixture
+def live(deployment: Cli, database_url: str, tmp_path: Path, photos: dict[str, Path]) -> dict[str, Any]:
+    """A deployment with 40 accepted identities, one enrolment in adjudication and 2000 synthetic rows."""
+    from dedup.deployment import open_deployment
+    from dedup.face.model import ModelSpec, model_id_for
+    from dedup.pipeline import ensure_gallery, fill_synthetic, gallery_name, synthetic_sample
+    from dedup.store.identities import issue_uin
+
+    rows = [{"enrolment_id": f"P{i:03d}", "centre_id": "C1", "photo": "camera"} for i in range(ACCEPTED + 1)]
+    receipt = deployment.json("submit", str(write_batch(tmp_path / "b", rows, photos)), user="c1")
+    assert receipt["accepted"] == ACCEPTED + 1
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        pks = [r["enrolment_pk"] for r in conn.execute("SELECT enrolment_pk FROM enrolments ORDER BY enrolment_pk")]
+        with conn.transaction():
+            for pk in pks[:ACCEPTED]:
+                issue_uin(conn, pk, "test")
+            conn.execute("UPDATE enrolments SET state = 'adjudication' WHERE enrolment_pk = %s", (pks[ACCEPTED],))
+    dep = open_deployment(deployment.home)
+    spec = ModelSpec.from_settings(dep.settings.face)
+    model_id = model_id_for(spec)
+    assert fill_synthetic(dep, SYNTHETIC, model_id, spec.output_dim) == SYNTHETIC
+    vectors = synthetic_sample(spec.output_dim, ACCEPTED, seed=5)
+    in_gallery = pks[: ACCEPTED - 1]            # the last accepted one was decided but not added yet
+    pending = vectors[:1]                       # the enrolment in adjudication: a copy of the first identity's template
+    gallery = ensure_gallery(dep, model_id, spec.output_dim)
+    gallery.add(np.concatenate([vectors[: ACCEPTED - 1], pending]),
+                [gallery_name(pk) for pk in in_gallery] + [gallery_name(pks[ACCEPTED])], model_id=model_id)
+    return {"vectors": vectors[: ACCEPTED - 1], "model_id": model_id, "size": SYNTHETIC + ACCEPTED}
+
+
+def audit_rows(database_url: str, action: str) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        return conn.execute("SELECT * FROM audit WHERE action = %s ORDER BY audit_id", (action,)).fetchall()
+
+
+def test_live_sample_pairs_accepted_identities_only(deployment: Cli, live: dict[str, Any]) -> None:
+    from dedup.evaluation.calibrate import sample_deployment_impostors
+
+    got = sample_deployment_impostors(deployment.home, 10**6, np.random.default_rng(0))
+    n = ACCEPTED - 1
+    assert (got.accepted, got.gallery_size, got.model_id) == (ACCEPTED, live["size"], live["model_id"])
+    assert got.impostor.rows.size == n and got.impostor.n_pairs == n * (n - 1) // 2 and got.impostor.exhaustive
+    v = live["vectors"]
+    brute = (v @ v.T)[np.triu_indices(n, k=1)]
+    # The pending copy of identity 0 (score 1.0 against it) and the synthetic rows are not sampled.
+    assert float(got.impostor.tail_scores.max()) == pytest.approx(float(brute.max()), abs=2e-3)
+    assert float(brute.max()) < 0.99
+    # A sample of fewer pairs takes a random subset of the accepted identities.
+    few = sample_deployment_impostors(deployment.home, 100, np.random.default_rng(0))
+    assert few.impostor.n_pairs <= 100 and 2 <= few.impostor.rows.size < n
+
+
+def test_calibrate_apply_from_the_live_gallery(deployment: Cli, database_url: str, live: dict[str, Any]) -> None:
+    toml = deployment.home / "dedup.toml"
+    toml.write_text(toml.read_text() + "\n# tuned by hand\n[search]\nnprobe = 24\n", encoding="utf-8")
+    before = toml.read_text()
+    deployment.run("calibrate", "--apply", "--json", "-", user="sue", code=5, env=FAST)   # a supervisor may not
+    assert toml.read_text() == before and not audit_rows(database_url, "threshold.calibrate")
+    assert not (deployment.home / "calibration.json").exists()
+
+    doc = json.loads(deployment.run("calibrate", "--apply", "--json", "-", "--target-fpir", "0.01", env=FAST).stdout)
+    assert (doc["gallery_size"], doc["gallery_size_source"], doc["impostor_source"]) == (live["size"], "deployment gallery",
+                                                                                         "deployment gallery")
+    assert doc["impostor_pairs"] == (ACCEPTED - 1) * (ACCEPTED - 2) // 2 and doc["expected_fnir"] is None
+    assert doc["applied"]["by"] == "admin"
+    text = toml.read_text()
+    assert text.startswith(before.split("\n# tuned")[0]) and "# tuned by hand" in text
+    settings = tomllib.loads(text)
+    assert settings["search"] == {"nprobe": 24, "threshold": round(doc["threshold"], 6)}
+    assert settings["calibration"] == {"target_fpir": 0.01}
+    assert settings["store"]["database_url"] == database_url
+    [row] = audit_rows(database_url, "threshold.calibrate")
+    assert (row["actor"], row["object_id"]) == ("admin", "search.threshold")
+    assert row["detail"]["threshold"] == doc["threshold"] and row["detail"]["gallery_size"] == live["size"]
+    assert json.loads((deployment.home / "calibration.json").read_text())["calibration"]["threshold"] == doc["threshold"]
+
+    # Calibrated for the gallery as it is: a run has nothing to warn about.
+    out = deployment.run("run", "--once", "--json", env=FAST)
+    assert json.loads(out.stdout)["warnings"] == [] and "warning" not in out.stderr
+    assert not audit_rows(database_url, "run.threshold_warning")
+
+
+def test_run_warns_when_the_gallery_has_outgrown_the_threshold(deployment: Cli, database_url: str,
+                                                               live: dict[str, Any]) -> None:
+    # Calibrated for a gallery of 100, then used on one of 2,040.
+    deployment.run("calibrate", "--apply", "--gallery-size", "100", "--json", "-", env=FAST)
+    out = deployment.run("run", "--once", "--json", env=FAST)
+    [warning] = json.loads(out.stdout)["warnings"]
+    assert f"the gallery ({live['size']:,}) has outgrown threshold" in warning and "dedup calibrate --apply" in warning
+    assert f"warning: {warning}" in out.stderr
+    [row] = audit_rows(database_url, "run.threshold_warning")
+    assert row["detail"]["gallery_size"] == live["size"] and row["detail"]["fpir"] > row["detail"]["target_fpir"]
+    human = deployment.run("run", "--once", env=FAST)                 # without --json: on stderr, once
+    assert human.stderr.count("warning: the gallery") == 1
+    assert len(audit_rows(database_url, "run.threshold_warning")) == 2  # one per run
+
+
+def test_run_warns_when_its_own_enrolments_outgrow_the_threshold(deployment: Cli, database_url: str, tmp_path: Path,
+                                                                 live: dict[str, Any]) -> None:
+    """The check after a unit enters the gallery: a target met at 2,040 rows and missed at 2,042."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    from dedup.evaluation.calibrate import apply_threshold, check_deployment_threshold, load_calibration
+    from dedup.evaluation.tail import fpir_from_fmr
+
+    deployment.run("calibrate", "--apply", "--json", "-", env=FAST)
+    cal, tail = load_calibration(deployment.home)
+    t = round(cal["threshold"], 6)
+    target = float(fpir_from_fmr(tail.fmr(t), live["size"] + 1))   # between FPIR at 2,040 and at 2,042
+    apply_threshold(deployment.home, t, target)
+    assert check_deployment_threshold(deployment.home, live["size"]).ok
+    assert not check_deployment_threshold(deployment.home, live["size"] + 2).ok
+    from skimage import data
+
+    folder = tmp_path / "faces"
+    (folder / "photos").mkdir(parents=True)
+    Image.fromarray(data.astronaut()).save(folder / "photos" / "astronaut.jpg", quality=92)
+    hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    hopper.save(folder / "photos" / "hopper.jpg", quality=92)
+    rows = [{"enrolment_id": "R1", "centre_id": "C1", "photo": "photos/astronaut.jpg"},
+            {"enrolment_id": "R2", "centre_id": "C1", "photo": "photos/hopper.jpg"}]
+    deployment.json("submit", str(write_batch(folder, rows, {})), user="c1")
+    out = deployment.run("run", "--once", "--json", env=FAST)
+    doc = json.loads(out.stdout)
+    assert doc["enrolments"] == 2 and doc["rejected"] == 0
+    [warning] = doc["warnings"]
+    assert f"the gallery ({live['size'] + 2:,}) has outgrown" in warning
+    [row] = audit_rows(database_url, "run.threshold_warning")
+    assert row["detail"]["gallery_size"] == live["size"] + 2
