@@ -168,6 +168,7 @@ def gallery_stats_command(
 def gallery_compact_command(
     home: Optional[Path] = HomeOption,
     path: Optional[Path] = typer.Option(None, "--path", help="a gallery folder [default: HOME/gallery]"),
+    retrain: bool = typer.Option(False, "--retrain", help="first train a new codec on a sample of the live templates"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Merge small shards into full ones and drop removed rows (a new generation)."""
@@ -175,11 +176,12 @@ def gallery_compact_command(
     from dedup.index.gallery import Gallery
 
     settings = load_settings(home_dir(home))
-    report = Gallery.open(_gallery_root(home, path), settings.index).compact()
+    report = Gallery.open(_gallery_root(home, path), settings.index).compact(retrain=retrain)
     if as_json:
         emit_json(report, "-")
     else:
-        typer.echo(f"compacted: {report['shards_before']} shard(s) -> {report['shards_after']}")
+        typer.echo(f"compacted: {report['shards_before']} shard(s) -> {report['shards_after']}, "
+                   f"codec {report['codec_version']}")
 
 
 @app.command("bench")
@@ -958,6 +960,86 @@ def calibrate_command(
         console.print(f"current threshold {result.current_threshold:.4f} gives FPIR {result.current_fpir:.3g} at this size")
     if doc["applied"]:
         console.print(f"applied: {doc['applied']['settings']} (previous threshold {doc['applied']['previous_threshold']}), audit row by {doc['applied']['by']}")
+
+
+# --------------------------------------------------------------------------- section: web
+# The adjudicators' web app and the centres' HTTP API: serve, web passwords, API tokens.
+
+token_app = typer.Typer(help="Centres' API tokens (admin).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@app.command("serve")
+@cli_errors
+def serve_command(
+    host: Optional[str] = typer.Option(None, "--host", help="address to listen on [default: web.host, 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, "--port", min=0, max=65535, help="TCP port [default: web.port, 8000]"),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """The adjudicators' web app and the centres' HTTP API (until Ctrl-C)."""
+    from dedup.deployment import open_deployment
+    from dedup.web.serve import serve
+
+    dep = open_deployment(home_dir(home))
+    web = dep.settings.web
+    serve(dep, host or web.host, web.port if port is None else port, say=lambda m: typer.echo(m, err=True))
+
+
+@user_app.command("passwd")
+@cli_errors
+def user_passwd_command(
+    name: str = typer.Argument(..., help="the user whose web password is set"),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from the first line of stdin"),
+    home: Optional[Path] = HomeOption,
+    user: Optional[str] = UserOption,
+) -> None:
+    """Set a web password (admin for anyone; a user for themselves); their web sessions end."""
+    from dedup.web.auth import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(f"new web password for {name}", hide_input=True, confirmation_prompt=True)
+    with _System(home, user) as s:
+        set_password(s.conn, s.actor, name, password)
+    typer.echo(f"web password of {name} set")
+
+
+@token_app.command("create")
+@cli_errors
+def token_create_command(
+    centre: str = typer.Argument(..., help="the centre the token submits for and reads"),
+    user_name: Optional[str] = typer.Option(None, "--user-name", help="the centre user it acts as [default: the centre's only centre user]"),
+    label: str = typer.Option("", "--label", help="a note: which system holds the token"),
+    home: Optional[Path] = HomeOption,
+    user: Optional[str] = UserOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a centre's API token (admin); it is printed once and stored only hashed."""
+    from dedup.web.auth import create_token
+
+    with _System(home, user) as s:
+        t = create_token(s.conn, s.actor, centre, user_name, label)
+    if as_json:
+        emit_json({"token_id": t.token_id, "centre_id": t.centre_id, "user": t.user_name, "token": t.text}, "-")
+        return
+    typer.echo(f"API token {t.token_id} for centre {t.centre_id} (acts as {t.user_name}); shown once, keep it secret:")
+    typer.echo(t.text)
+
+
+@token_app.command("revoke")
+@cli_errors
+def token_revoke_command(
+    token_id: str = typer.Argument(..., help="the token's id (the 12 hex digits after dk_)"),
+    home: Optional[Path] = HomeOption,
+    user: Optional[str] = UserOption,
+) -> None:
+    """Revoke an API token (admin)."""
+    from dedup.web.auth import revoke_token
+
+    with _System(home, user) as s:
+        revoke_token(s.conn, s.actor, token_id)
+    typer.echo(f"token {token_id} revoked")
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dedup.errors import ClusterError, DedupError, InvalidParameter
+from dedup.errors import ClusterError, DedupError, InsufficientResources, InvalidParameter
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates, concat, merge
 
@@ -233,9 +233,22 @@ def search_one_shard(shard: Any, probes: np.ndarray, params: SearchParams, metho
         return shard.search(probes, params)
     from dedup.index.shard import Shard
 
-    gpu_index, where = faiss_index_to_gpu(shard.index, "cuda")
-    return Shard(shard.path, shard.meta, gpu_index, shard.vectors, shard.row_ids,
-                 shard.removed_positions).search(probes, params)
+    cache = exact_cache if exact_cache is not None else {}
+    key = (str(shard.path), shard.meta.name, "faiss-gpu")
+    on_gpu = cache.get(key)
+    if on_gpu is None:
+        try:
+            gpu_index, where = faiss_index_to_gpu(shard.index, device)
+        except RuntimeError as exc:  # e.g. 4-bit fast-scan PQ has no faiss GPU version
+            if device == "auto":
+                gpu_index, where = shard.index, "cpu"
+            else:
+                raise InsufficientResources(f"shard {shard.meta.name}: faiss cannot move this index to the GPU "
+                                            f"({str(exc).splitlines()[0]}); use 8-bit PQ, --device cpu, or exact search") from None
+        on_gpu = shard if where == "cpu" else Shard(shard.path, shard.meta, gpu_index, shard.vectors, shard.row_ids,
+                                                     shard.removed_positions)
+        cache[key] = on_gpu
+    return on_gpu.search(probes, params)
 
 
 def _load_task(path: str) -> str:

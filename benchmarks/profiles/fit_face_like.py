@@ -183,10 +183,11 @@ def generated(params: np.ndarray, base, seed: int) -> tuple[dict, object]:
                       quality_sigma=float(np.clip(qsig, 0.0, 2.0)))
     sim = simulate(profile, gallery=3000, probes=2000, seed=seed)
     imp = sim["impostor"].ravel()
+    spec = spectrum_of_samples(sim["gallery"].vectors, repeats=10, seed=seed)
     return {
         "impostor_mean": float(imp.mean()), "impostor_sd": float(imp.std()),
         "impostor_p99": float(np.percentile(imp, 99)),
-        "participation_ratio": spectrum_of_samples(sim["gallery"].vectors, repeats=10, seed=seed)["participation_ratio"],
+        "participation_ratio": spec["participation_ratio"],
         "genuine_mean": float(sim["genuine"].mean()), "genuine_p5": float(np.percentile(sim["genuine"], 5)),
     }, profile
 

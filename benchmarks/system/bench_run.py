@@ -242,7 +242,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             doc["load_average"]["before_run"] = load()
             print(f"submitted {receipt.accepted} captures; running", file=sys.stderr)
             runner = timed_runner_class()(dep, admin, progress=lambda m: print(f"  {m}", file=sys.stderr))
+            cpu0 = os.times()
             report = runner.run(once=True)
+            cpu1 = os.times()
             doc["load_average"]["after_run"] = load()
             outcome = conn.execute(
                 """SELECT left(enrolment_id, 1) AS src, state, coalesce(reason, '') AS reason, count(*) AS n
@@ -251,6 +253,18 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         total = report.seconds
         compute = total - runner.times.get("model_load", 0.0)
         names = {"A": "astronaut", "G": "grace_hopper", "L": "lfw_subset_upscaled"}
+        own = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        children = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+        per = (own + children) / report.enrolments if report.enrolments else 0.0
+        cores = doc["machine"]["cpus_usable"]
+        doc["run_cpu"] = {
+            "seconds_this_process": round(own, 2), "seconds_face_workers": round(children, 2),
+            "seconds_per_enrolment": round(per, 4),
+            "enrolments_per_second_on_free_cores": round(cores / per, 1) if per else None,
+            "note": (f"CPU time of this process and its face worker processes (not PostgreSQL's); "
+                     f"{cores} cores / CPU seconds per enrolment: what the run would reach on an otherwise idle "
+                     "machine if the work spread perfectly over the cores (an upper bound; the wall numbers are "
+                     "pessimistic under load)")}
         doc["run"] = {**report.as_dict(),
                       "enrolments_per_second_without_model_load": round(report.enrolments / compute, 3) if compute else 0.0,
                       "breakdown": breakdown(runner.times, total),
@@ -286,6 +300,9 @@ def main() -> None:
     print(f"{r['enrolments']} enrolments against {doc['fill']['templates']:,} templates: {r['enrolments_per_second']} /s "
           f"({r['enrolments_per_second_without_model_load']} /s without the model load); load average "
           f"{doc['load_average']['before_run']} -> {doc['load_average']['after_run']}; {out}")
+    c = doc["run_cpu"]
+    print(f"  CPU: {c['seconds_per_enrolment']} s per enrolment -> about {c['enrolments_per_second_on_free_cores']} /s "
+          f"on {doc['machine']['cpus_usable']} free cores")
     for k, v in r["breakdown"].items():
         print(f"  {k:>20}: {v['seconds']:8.2f} s  {100 * v['share']:5.1f}%")
 

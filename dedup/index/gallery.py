@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -322,7 +322,7 @@ class Gallery:
         with self._locked():
             self._refresh()
             if self.manifest.shards:
-                raise GalleryError("the gallery already has shards; retraining needs a rebuild (dedup gallery compact --retrain)")
+                raise GalleryError("the gallery already has shards; retrain with `dedup gallery compact --retrain`")
             n_expected = expected_size or sample.shape[0]
             nlist = fit_nlist(self.settings.nlist, n_expected, sample.shape[0])
             spec = CodecSpec(self.dim, nlist, self.settings.pq_m, self.settings.pq_bits)
@@ -399,14 +399,24 @@ class Gallery:
                                       self.manifest.codec_version, self.manifest.next_row_id, tuple(names)))
             return removed
 
-    def compact(self) -> dict:
-        """Rewrite shards so every shard but the last is full and removed rows are dropped."""
+    def compact(self, retrain: bool = False, seed: int = 1234) -> dict:
+        """Rewrite shards so every shard but the last is full and removed rows are dropped.
+
+        ``retrain`` first trains a new codec on a uniform sample of the live templates (for a
+        gallery whose codec was trained on a bootstrap sample, or that has grown a lot), and
+        writes every shard with it. Readers keep the old generation until the switch.
+        """
         with self._locked():
             self._refresh()
             old = self.shards()
             before = len(old)
             if self.codec is None or not old:
-                return {"shards_before": before, "shards_after": before}
+                return {"shards_before": before, "shards_after": before, "codec_version": self.manifest.codec_version}
+            if retrain:
+                codec = self._train_on_live(old, seed)
+                codec.save(self.root / "codec" / f"{codec.version}.faiss")
+                self._codec = codec
+                self.manifest = replace(self.manifest, codec_version=codec.version)
             writer = GalleryWriter(self, keep_row_ids=True)
             try:
                 for shard in old:
@@ -423,7 +433,26 @@ class Gallery:
             shards = writer.finish()
             self._switch(Manifest(GALLERY_FORMAT, self.manifest.generation + 1, self.model_id, self.dim,
                                   self.manifest.codec_version, self.manifest.next_row_id, tuple(shards)))
-            return {"shards_before": before, "shards_after": len(shards)}
+            return {"shards_before": before, "shards_after": len(shards), "codec_version": self.manifest.codec_version}
+
+    def _train_on_live(self, shards: list[Shard], seed: int) -> Codec:
+        live = [s.live_positions() for s in shards]
+        total = sum(p.size for p in live)
+        want = min(self.settings.train_size, total)
+        rng = np.random.default_rng(seed)
+        picks = np.sort(rng.choice(total, size=want, replace=False))
+        sample = np.zeros((want, self.dim), dtype=np.float32)
+        start = 0
+        filled = 0
+        for shard, pos in zip(shards, live):
+            mine = picks[(picks >= start) & (picks < start + pos.size)] - start
+            sample[filled:filled + mine.size] = np.asarray(shard.vectors[pos[mine]], dtype=np.float32)
+            filled += mine.size
+            start += pos.size
+        # float16 storage: renormalise so the sample is unit-length again.
+        sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+        nlist = fit_nlist(self.settings.nlist, total, want)
+        return Codec.train(sample, CodecSpec(self.dim, nlist, self.settings.pq_m, self.settings.pq_bits), seed=seed)
 
 
 class GalleryWriter:

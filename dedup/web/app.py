@@ -92,17 +92,9 @@ def secret_key(home: Path) -> bytes:
 
 def create_app(dep: Deployment) -> FastAPI:
     """The web app and API of a deployment."""
-    from dedup import __version__
     from dedup.web import api, pages
 
-    app = FastAPI(
-        title="dedup centre API",
-        version=str(__version__),
-        description=("Enrolment centres submit batches and read receipts and outcomes. Authenticate with the centre's "
-                     "API token: `Authorization: Bearer dk_...` (an admin creates one with `dedup token create CENTRE`). "
-                     "A token reaches its own centre's batches only."),
-        docs_url=None, redoc_url=None, openapi_url=api.OPENAPI_PATH,
-    )
+    app = FastAPI(**api.API_META, docs_url=None, redoc_url=None, openapi_url=api.OPENAPI_PATH)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.web = WebContext(dep, URLSafeTimedSerializer(secret_key(dep.home), salt="dedup-web"), CropMaker(dep.settings.face),
                                meaning_function(dep.home, dep.settings), templates)
@@ -112,7 +104,7 @@ def create_app(dep: Deployment) -> FastAPI:
 
     @app.exception_handler(DedupError)
     async def domain_error(request: Request, exc: DedupError) -> Response:
-        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
+        status = getattr(exc, "http_status", None) or next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
         return error_response(request, status, str(exc))
 
     @app.exception_handler(RequestValidationError)

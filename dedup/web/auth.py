@@ -57,12 +57,14 @@ def set_password(conn: psycopg.Connection[Any], actor: Actor, name: str, passwor
         raise InvalidParameter("a password has at most 1024 characters")
     hashed = _HASHER.hash(password)
     with conn.transaction():
-        row = conn.execute(
-            "UPDATE users SET password_hash = %s, failed_logins = 0, locked_until = NULL WHERE name = %s RETURNING name",
-            (hashed, name),
-        ).fetchone()
-        if row is None:
+        if conn.execute("SELECT 1 FROM users WHERE name = %s", (name,)).fetchone() is None:
             raise NotFound(f"unknown user {name!r}")
+        conn.execute(
+            """INSERT INTO web_accounts (user_name, password_hash) VALUES (%s, %s)
+               ON CONFLICT (user_name) DO UPDATE SET password_hash = excluded.password_hash, failed_logins = 0,
+                                                     locked_until = NULL, changed_at = now()""",
+            (name, hashed),
+        )
         conn.execute("DELETE FROM web_sessions WHERE user_name = %s", (name,))
         audit.record(conn, actor.name, "user.passwd", "user", name, {})
 
@@ -78,9 +80,9 @@ def check_login(conn: psycopg.Connection[Any], name: str, password: str, web: We
     actor: Actor | None = None
     with conn.transaction():
         row = conn.execute(
-            """SELECT name, role, centre_id, active, password_hash, failed_logins,
-                      coalesce(locked_until > now(), false) AS locked
-               FROM users WHERE name = %s FOR UPDATE""",
+            """SELECT u.name, u.role, u.centre_id, u.active, w.password_hash, w.failed_logins,
+                      coalesce(w.locked_until > now(), false) AS locked
+               FROM users u LEFT JOIN web_accounts w ON w.user_name = u.name WHERE u.name = %s FOR UPDATE OF u""",
             (name,),
         ).fetchone() if name else None
         if row is None or row["password_hash"] is None:
@@ -93,21 +95,21 @@ def check_login(conn: psycopg.Connection[Any], name: str, password: str, web: We
             attempts = row["failed_logins"] + 1
             if attempts >= web.lockout_attempts:
                 conn.execute(
-                    "UPDATE users SET failed_logins = 0, locked_until = now() + make_interval(secs => %s) WHERE name = %s",
+                    "UPDATE web_accounts SET failed_logins = 0, locked_until = now() + make_interval(secs => %s) WHERE user_name = %s",
                     (web.lockout_seconds, name),
                 )
                 audit.record(conn, name, "login.locked", "user", name, {"attempts": attempts, "seconds": web.lockout_seconds})
             else:
-                conn.execute("UPDATE users SET failed_logins = %s WHERE name = %s", (attempts, name))
+                conn.execute("UPDATE web_accounts SET failed_logins = %s WHERE user_name = %s", (attempts, name))
             failed = "wrong password"
         elif not row["active"]:
             failed = "account disabled"
         elif row["role"] not in WEB_ROLES:
             failed = f"role {row['role']} does not use the web pages"
         else:
-            conn.execute("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE name = %s", (name,))
+            conn.execute("UPDATE web_accounts SET failed_logins = 0, locked_until = NULL WHERE user_name = %s", (name,))
             if _HASHER.check_needs_rehash(row["password_hash"]):
-                conn.execute("UPDATE users SET password_hash = %s WHERE name = %s", (_HASHER.hash(password), name))
+                conn.execute("UPDATE web_accounts SET password_hash = %s WHERE user_name = %s", (_HASHER.hash(password), name))
             actor = Actor(row["name"], row["role"], row["centre_id"])
         # The audit row names the account tried; only known names, so typed passwords
         # pasted into the name field do not land in the log.

@@ -123,7 +123,7 @@ def _show_control(conn: psycopg.Connection[Any], actor: Actor, case_id: int) -> 
             raise PermissionDenied(f"case {case_id} is not held by {actor.name!r}; claim one with `next case`")
         audit.record(conn, actor.name, "case.view", "case", case_id, {"candidates": 1, "control": True})
     decided = row["status"] == "decided"
-    cand = Candidate(0, float(row["score"]), "gallery", False, True, None)
+    cand = Candidate(0, float(row["score"]), "gallery", False, True, "known pair")  # identity: never shown
     return CaseView(case_id, True, row["status"], row["claimed_by"] if row["held"] else None, mine and row["held"],
                     row["lease_until"] if row["held"] else None, row["decision"], row["claimed_by"] if decided else None,
                     row["decided_at"], row["comment"], 0 if row["decision"] == "duplicate" else None, [cand])

@@ -1,11 +1,16 @@
 -- The web app (`dedup serve`): passwords and lock-out, browser sessions, centre API tokens,
 -- control pairs (known answers mixed into the queue) and what each web decision recorded.
 
--- Passwords: an argon2id hash (argon2-cffi's encoded form); NULL: this user cannot log in
--- to the web app (set one with `dedup user passwd NAME`).
-ALTER TABLE users ADD COLUMN password_hash text;
-ALTER TABLE users ADD COLUMN failed_logins integer NOT NULL DEFAULT 0;
-ALTER TABLE users ADD COLUMN locked_until timestamptz;
+-- Web logins, one row per user who has a password: an argon2id hash (argon2-cffi's encoded
+-- form) and the lock-out counters. A separate table, so `users` keeps its columns. No row:
+-- this user cannot log in to the web app (set a password with `dedup user passwd NAME`).
+CREATE TABLE web_accounts (
+    user_name      text PRIMARY KEY REFERENCES users,
+    password_hash  text NOT NULL,
+    failed_logins  integer NOT NULL DEFAULT 0,
+    locked_until   timestamptz,
+    changed_at     timestamptz NOT NULL DEFAULT now()
+);
 
 -- A browser session. The cookie carries the session id, signed; only its SHA-256 is stored,
 -- so a copy of this table opens no session.

@@ -256,3 +256,24 @@ def _kept_shards(g: Gallery) -> set[str]:
     for path in (g.root / "generations").glob("*.json"):
         names.update(json.loads(path.read_text())["shards"])
     return names
+
+
+def test_compact_retrain_keeps_every_row_and_its_matches(tmp_path: Path, face_data: SyntheticData) -> None:
+    settings = IndexSettings(nlist=64, pq_m=16, pq_bits=4, train_size=5000, shard_capacity=5_000)
+    g = Gallery.create(tmp_path, face_data.profile.model_id, 64, settings)
+    # Bootstrap codec trained on another profile (as a new deployment does), then retrained.
+    other = SyntheticData(SynthSpec(get_profile("uniform", dim=64), gallery_size=5_000, queries=0, seed=1))
+    g.train(other.gallery().vectors)
+    old_version = g.codec.version
+    gal = face_data.gallery()
+    g.add(gal.vectors, [f"e{r}" for r in gal.row_ids])
+    report = Gallery.open(tmp_path, settings).compact(retrain=True)
+    assert report["codec_version"] != old_version
+    g = Gallery.open(tmp_path, settings)
+    assert g.manifest.codec_version == report["codec_version"] and len(g) == face_data.spec.gallery_size
+    probes = face_data.probes()
+    found = g.search(probes.vectors, SearchParams(threshold=0.95, nprobe=16))
+    mated = np.flatnonzero(probes.mated)
+    hits = sum(bool(set(probes.mates(i).tolist()) & set(found.of(i)[0].tolist())) for i in mated)
+    assert hits / mated.size > 0.95
+    assert g.enrolment_ids(np.array([123])) == ["e123"]

@@ -92,3 +92,24 @@ def test_cuda_without_gpu_workers_is_a_clear_error(client: object, layouts: dict
 def test_unreachable_scheduler_is_a_clear_error() -> None:
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         connect("tcp://127.0.0.1:9", timeout=2)
+
+
+def test_search_one_shard_methods_on_cpu(layouts: dict[str, Built]) -> None:
+    from dedup.cluster import search_one_shard
+    from dedup.errors import InsufficientResources
+    from dedup.index.exact import cuda_available
+
+    built = layouts["3-shards"]
+    shard = Gallery.open(built.root).shards()[0]
+    probes = built.probes.vectors[:50]
+    ivf = shard.search(probes, built.params)
+    assert_identical(search_one_shard(shard, probes, built.params, method="ivfpq", device="cpu"), ivf)
+    exact = search_one_shard(shard, probes, built.params, method="exact", device="cpu")
+    # Exact search finds every row IVF-PQ found (it can only find more).
+    for i in range(probes.shape[0]):
+        if not ivf.capped[i] and not exact.capped[i]:
+            assert set(ivf.of(i)[0].tolist()) <= set(exact.of(i)[0].tolist())
+    if not cuda_available():
+        assert_identical(search_one_shard(shard, probes, built.params, method="auto", device="auto"), ivf)
+        with pytest.raises(InsufficientResources):
+            search_one_shard(shard, probes, built.params, method="ivfpq", device="cuda")
