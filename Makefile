@@ -17,6 +17,8 @@ $(VENV)/.system-deps:
 	@mkdir -p $(VENV)
 	@if ! $(PYTHON) -c "import venv, ensurepip" >/dev/null 2>&1; then \
 	  echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv; fi
+	@# tests/web drive Debian's Chromium (browsers cannot be downloaded by Playwright here)
+	@command -v chromium >/dev/null 2>&1 || (echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.system-deps
@@ -43,8 +45,10 @@ test: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
+# The recorded gallery scale tests (about an hour on 2 cores; results in benchmarks/results/).
 bench: $(VENV)/.installed
-	$(VENV)/bin/dedup bench --job jobs/bench-1m.toml --json benchmarks/results/bench-1m.json
+	PATH=$(abspath $(VENV))/bin:$$PATH benchmarks/run_gallery_benches.sh
+	$(PY) benchmarks/plot_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -99,7 +99,7 @@ class StoreSettings:
 
     database_url: str = setting("", "PostgreSQL URL (postgresql://...); empty uses the deployment's embedded server in DIR/pg")
     lease_seconds: int = setting(900, "how long a claimed adjudication case stays with its adjudicator before it returns to the queue")
-    run_batch_size: int = setting(256, "received enrolments `dedup run` takes per step (one embed + search + decide unit)")
+    run_batch_size: int = setting(1024, "received enrolments `dedup run` takes per step (one embed + search + decide unit)")
     max_photo_bytes: int = setting(20_000_000, "largest photo accepted at submission, in bytes")
     max_photo_pixels: int = setting(40_000_000, "largest photo accepted at submission, in pixels (width x height)")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dedup.errors import GalleryError, InvalidParameter
+from dedup.index.atomic import atomic_write_text, fsync_path
 
 CODEC_FORMAT = 1
 
@@ -115,10 +116,10 @@ class Codec:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(self._index, str(tmp))
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
         meta = {"format": CODEC_FORMAT, "version": self.version, **asdict(self.spec)}
-        _atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2))
+        atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2))
 
     @staticmethod
     def load(path: Path) -> "Codec":
@@ -147,20 +148,3 @@ def _version_of(index: "object", spec: CodecSpec) -> str:
     h = hashlib.sha256(np.asarray(blob).tobytes())
     h.update(json.dumps(asdict(spec), sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

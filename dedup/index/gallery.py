@@ -30,11 +30,13 @@ import numpy as np
 
 from dedup.config import IndexSettings
 from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
-from dedup.index.codec import Codec, CodecSpec, _atomic_write_text, fit_nlist
+from dedup.index.atomic import atomic_write_text, fsync_path
+from dedup.index.codec import Codec, CodecSpec, fit_nlist
 from dedup.index.crash import crash_point
+from dedup.index.memory import check_fits, gallery_budget
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates, concat, merge
-from dedup.index.shard import Shard, ShardWriter, _fsync_dir
+from dedup.index.shard import Shard, ShardWriter
 
 GALLERY_FORMAT = 1
 
@@ -290,10 +292,10 @@ class Gallery:
         gen_dir = self.root / "generations"
         gen_dir.mkdir(parents=True, exist_ok=True)
         name = f"{manifest.generation:08d}.json"
-        _atomic_write_text(gen_dir / name, manifest.to_json())
+        atomic_write_text(gen_dir / name, manifest.to_json())
         crash_point("gallery.manifest_written")
-        _atomic_write_text(self.root / "CURRENT", name)
-        _fsync_dir(self.root)
+        atomic_write_text(self.root / "CURRENT", name)
+        fsync_path(self.root)
         crash_point("gallery.switched")
         self.manifest = manifest
         self._id_map = None
@@ -347,19 +349,24 @@ class Gallery:
                                   codec.version, self.manifest.next_row_id, self.manifest.shards))
 
     @contextmanager
-    def writer(self, model_id: str | None = None) -> Iterator["GalleryWriter"]:
+    def writer(self, model_id: str | None = None, expected_rows: int | None = None) -> Iterator["GalleryWriter"]:
         """Add many rows in one new generation: ``with g.writer() as w: w.add(...)``.
 
         Nothing is visible to readers until the block exits without error; on error the
-        partial shards are dropped and the gallery is unchanged.
+        partial shards are dropped and the gallery is unchanged. With ``expected_rows``, the
+        memory and disk they need are checked first (``InsufficientResources``).
         """
         if model_id is not None and model_id != self.model_id:
             raise ModelMismatch(
                 f"templates of model {model_id!r} cannot enter a gallery of model {self.model_id!r}")
         with self._locked():
             self._refresh()
-            if self.codec is None:
+            codec = self.codec
+            if codec is None:
                 raise GalleryError("the gallery has no trained codec yet (train it on a sample first)")
+            if expected_rows:
+                check_fits(gallery_budget(expected_rows, self.dim, codec.spec.code_bytes, codec.spec.nlist,
+                                          self.settings.exact_dtype, 0, self.settings.shard_capacity), self.root)
             writer = GalleryWriter(self)
             try:
                 yield writer
@@ -378,7 +385,7 @@ class Gallery:
         Exactly once: an enrolment already in the gallery is not added again, and its
         existing row id is returned (so a resumed run that repeats an add changes nothing).
         """
-        with self.writer(model_id) as w:
+        with self.writer(model_id, expected_rows=len(enrolment_ids)) as w:
             return w.add(vectors, enrolment_ids)
 
     def remove(self, row_ids: np.ndarray) -> int:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from dedup.errors import GalleryError, InvalidParameter
-from dedup.index.codec import Codec, _atomic_write_text, _fsync
+from dedup.index.atomic import atomic_write_text, fsync_path
+from dedup.index.codec import Codec
 from dedup.index.crash import crash_point
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
@@ -117,11 +118,11 @@ class ShardWriter:
             max_row_id=int(row_ids.max()) if row_ids.size else -1,
         )
         for f in ("row_ids.npy", "rows.parquet", "index.faiss"):
-            _fsync(self.tmp / f)
-        _atomic_write_text(self.tmp / "meta.json", json.dumps(asdict(meta), indent=2))
+            fsync_path(self.tmp / f)
+        atomic_write_text(self.tmp / "meta.json", json.dumps(asdict(meta), indent=2))
         final = self.parent / self.name
         os.rename(self.tmp, final)
-        _fsync_dir(self.parent)
+        fsync_path(self.parent)
         crash_point("shard.renamed")
         return final
 
@@ -272,11 +273,11 @@ class Shard:
         np.save(tmp / "removed.npy", removed)
         meta = ShardMeta(**{**asdict(self.meta), "name": name, "removed": int(removed.size)})
         for f in ("index.faiss", "removed.npy"):
-            _fsync(tmp / f)
-        _atomic_write_text(tmp / "meta.json", json.dumps(asdict(meta), indent=2))
+            fsync_path(tmp / f)
+        atomic_write_text(tmp / "meta.json", json.dumps(asdict(meta), indent=2))
         final = Path(parent) / name
         os.rename(tmp, final)
-        _fsync_dir(Path(parent))
+        fsync_path(Path(parent))
         return final
 
     def live_positions(self) -> np.ndarray:
@@ -291,11 +292,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -161,7 +161,9 @@ def auth_token(conn: psycopg.Connection[Any], value: str) -> Actor:
              summary="Submit a batch (Parquet manifest, or multipart manifest + photos)",
              responses={200: {"model": Receipt, "description": "this manifest was already received: its stored receipt"},
                         400: {"model": ErrorBody, "description": "not a Parquet manifest, wrong schema, bad upload"},
-                        413: {"model": ErrorBody, "description": "over the upload limit"}, **ERRORS},
+                        401: ERRORS[401],
+                        403: {"model": ErrorBody, "description": "this manifest was already received from another centre"},
+                        413: {"model": ErrorBody, "description": "over the upload limit"}},
              openapi_extra={"requestBody": _UPLOAD_BODY})
 async def submit(request: Request, response: Response, actor: Actor = Depends(centre_actor)) -> Receipt:
     """Validate every row, keep the good ones, return the receipt (201; 200 when already received)."""
@@ -207,7 +209,8 @@ def batch_outcomes(batch_id: str, conn: psycopg.Connection[Any] = Depends(db), a
 
 
 @router.get("/enrolments/{enrolment_id}", response_model=EnrolmentOutcomes, operation_id="get_enrolment_outcome",
-            summary="An enrolment's current state (the centre's own enrolments)", responses=ERRORS)
+            summary="An enrolment's current state (the centre's own enrolments)",
+            responses={401: ERRORS[401], 404: {"model": ErrorBody, "description": "no such enrolment at this centre"}})
 def enrolment_outcome(enrolment_id: str, conn: psycopg.Connection[Any] = Depends(db),
                       actor: Actor = Depends(centre_actor)) -> EnrolmentOutcomes:
     states = batches.enrolment_status(conn, actor, enrolment_id, actor.centre_id)

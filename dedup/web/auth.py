@@ -26,7 +26,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from dedup.config import WebSettings
-from dedup.errors import InvalidParameter, NotFound, PermissionDenied, Unauthenticated
+from dedup.errors import InvalidParameter, NotFound, Unauthenticated
 from dedup.store import audit
 from dedup.store.users import Actor, authorize
 
@@ -249,8 +249,3 @@ def revoke_token(conn: psycopg.Connection[Any], actor: Actor, token_id: str) -> 
             raise NotFound(f"no active token {token_id!r}")
         audit.record(conn, actor.name, "token.revoke", "centre", row["centre_id"], {"token_id": token_id})
 
-
-def ensure_denied(actor: Actor, roles: frozenset[str], what: str) -> None:
-    """PermissionDenied unless the actor's role is one of ``roles``."""
-    if actor.role not in roles:
-        raise PermissionDenied(f"user {actor.name!r} (role {actor.role}) may not {what}")

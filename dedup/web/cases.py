@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from dedup.errors import Conflict, InvalidParameter, NotFound, PermissionDenied
+from dedup.errors import InvalidParameter, NotFound, PermissionDenied
 from dedup.ingest.photos import PhotoStore
 from dedup.queue import cases as realcases
 from dedup.store import audit
@@ -196,6 +196,7 @@ def decide(conn: psycopg.Connection[Any], actor: Actor, case_id: int, decision: 
            comment: str | None, blind: bool) -> Decided:
     """Decide a held case (real or control) and record the web's note of it (blind, score, time)."""
     authorize(actor, "queue.decide")
+    _check_may_act(conn, actor, case_id)  # who may act comes before what they sent
     if decision not in DECISIONS:
         raise InvalidParameter(f"decision must be one of {', '.join(DECISIONS)}")
     comment = (comment or "").strip() or None
@@ -255,6 +256,18 @@ def decide(conn: psycopg.Connection[Any], actor: Actor, case_id: int, decision: 
     return Decided(case_id, decision, rank, changed)
 
 
+def _check_may_act(conn: psycopg.Connection[Any], actor: Actor, case_id: int) -> None:
+    """PermissionDenied/Conflict unless ``actor`` holds the open case (a decided case is left to decide's rules)."""
+    if controls.is_control(conn, case_id):
+        row = controls.control_row(conn, case_id)
+        if not (row["status"] == "decided" and row["claimed_by"] == actor.name):
+            controls.check_holder(row, actor, case_id)
+        return
+    row = realcases._case_row(conn, case_id, lock=False)
+    if row["status"] == "open":
+        realcases._check_holder(row, actor, case_id)
+
+
 def _seconds(conn: psycopg.Connection[Any], since: dt.datetime | None) -> float | None:
     if since is None:
         return None
@@ -273,9 +286,3 @@ def release(conn: psycopg.Connection[Any], actor: Actor, case_id: int) -> None:
 def recorded(conn: psycopg.Connection[Any], case_id: int) -> dict[str, Any] | None:
     """The web's note of a decision (blind, top score, seconds), if the web made it."""
     return conn.execute("SELECT * FROM web_decisions WHERE case_id = %s", (case_id,)).fetchone()
-
-
-def ensure_not_conflicting(view: CaseView) -> None:
-    """Conflict when a case is no longer open (for the decide form)."""
-    if view.status != "open":
-        raise Conflict(f"case {view.case_id} is already {view.status}")

@@ -84,7 +84,7 @@ class AuditQuery:
 
 
 def search_audit(conn: psycopg.Connection[Any], actor: Actor, q: AuditQuery) -> list[AuditRow]:
-    """Audit rows matching the filters, newest first (supervisor, admin); the search itself is audited."""
+    """Audit rows matching the filters, newest first (supervisor, admin)."""
     authorize(actor, "audit.read")
     where, params = [], []
     if q.actor:
