@@ -331,8 +331,10 @@ def _retryable() -> tuple[type[BaseException], ...]:
     from distributed import KilledWorker
     from distributed.comm.core import CommClosedError
 
-    return (KilledWorker, CommClosedError, concurrent.futures.CancelledError, asyncio.CancelledError,
-            OSError, TimeoutError)
+    from distributed.client import FutureCancelledError
+
+    return (KilledWorker, CommClosedError, FutureCancelledError, concurrent.futures.CancelledError,
+            asyncio.CancelledError, OSError, TimeoutError)
 
 
 def preload(client: Any, shard_paths: Sequence[Path | str], plan: ClusterSearch = ClusterSearch()) -> dict[str, str]:
@@ -385,15 +387,22 @@ def search_shards(client: Any, shard_paths: Sequence[Path | str], probes: np.nda
             except DedupError:
                 raise
             except retryable as exc:
-                state.attempts[task] += 1
-                if state.attempts[task] > plan.max_retries:
-                    b, s = task
-                    raise ClusterError(
-                        f"the search of shard {s} (probes {blocks[b][0]}..{blocks[b][1] - 1}) failed "
-                        f"{state.attempts[task]} times because Dask workers were lost "
-                        f"({exc.__class__.__name__}); no result was returned. Check the workers' logs "
-                        f"and memory (a worker killed for memory is a common cause), then run the search again") from None
-                pending.add(state.resubmit(task))
+                error: BaseException | None = exc
+                while error is not None:
+                    state.attempts[task] += 1
+                    if state.attempts[task] > plan.max_retries:
+                        b, s = task
+                        raise ClusterError(
+                            f"the search of shard {s} (probes {blocks[b][0]}..{blocks[b][1] - 1}) failed "
+                            f"{state.attempts[task]} times because Dask workers were lost "
+                            f"({error.__class__.__name__}); no result was returned. Check the workers' logs "
+                            f"and memory (a worker killed for memory is a common cause), then run the search again"
+                        ) from None
+                    try:
+                        pending.add(state.resubmit(task))
+                        error = None
+                    except retryable as again:  # the scatter itself met a dying worker
+                        error = again
     finally:
         state.cancel()
     merged = [merge([results[(b, s)] for s in names], params.max_candidates) for b in range(len(blocks))]
@@ -424,7 +433,10 @@ class _SearchState:
     def _block(self, b: int, fresh: bool = False) -> Any:
         if fresh or b not in self.scattered:
             lo, hi = self.blocks[b]
-            self.scattered[b] = self.client.scatter(ProbeBlock(self.probes[lo:hi]), broadcast=True, hash=False)
+            # Not broadcast: a replicate racing a worker's death can wedge the scheduler. Dask moves
+            # the block to the workers that need it; if its only copy is lost, the tasks fail
+            # with "lost dependencies" and are resubmitted with a fresh copy.
+            self.scattered[b] = self.client.scatter(ProbeBlock(self.probes[lo:hi]), hash=False)
         return self.scattered[b]
 
     def _submit(self, task: tuple[int, str], placement: dict[str, str], by_name: dict[str, WorkerInfo],

@@ -45,6 +45,7 @@ class IndexSettings:
     shard_capacity: int = setting(4_000_000, "templates per shard before a new shard is started")
     exact_dtype: str = setting("float16", "dtype of the exact vectors kept for re-ranking: float16 or float32")
     keep_generations: int = setting(2, "old gallery generations kept on disk after a switch (for readers still using them)")
+    small_shard_limit: int = setting(8, "when a write leaves more than this many shards under 1/8 of shard_capacity, it merges them into one")
 
     def __post_init__(self) -> None:
         require(self.nlist >= 0, "nlist must be >= 0")
@@ -54,6 +55,7 @@ class IndexSettings:
         require(self.shard_capacity >= 1, "shard_capacity must be >= 1")
         require(self.exact_dtype in ("float16", "float32"), "exact_dtype must be float16 or float32")
         require(self.keep_generations >= 1, "keep_generations must be >= 1")
+        require(self.small_shard_limit >= 1, "small_shard_limit must be >= 1")
 
 
 @dataclass(frozen=True)

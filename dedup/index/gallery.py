@@ -215,20 +215,12 @@ class Gallery:
 
     def find_enrolments(self, enrolment_ids: Sequence[str]) -> dict[str, int]:
         """Enrolment ids already in the (live) gallery, with their row ids."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         if not enrolment_ids:
             return {}
-        wanted = pa.array(list(enrolment_ids), type=pa.string())
+        wanted = [str(e) for e in enrolment_ids]
         found: dict[str, int] = {}
         for shard in self.shards():
-            table = shard.enrolment_table()
-            live = np.ones(table.num_rows, dtype=bool)
-            live[shard.removed_positions] = False
-            mask = pc.and_(pc.is_in(table["enrolment_id"], value_set=wanted), pa.array(live))
-            sub = table.filter(mask)
-            found.update(zip(sub["enrolment_id"].to_pylist(), sub["row_id"].to_pylist()))
+            found.update(shard.find_enrolments(wanted))
         return found
 
     def exact_vectors(self, row_ids: np.ndarray) -> np.ndarray:
@@ -374,10 +366,34 @@ class Gallery:
                 writer.abort()
                 raise
             shards = writer.finish()
+            names = self._merge_small(list(self.manifest.shards) + shards)
             crash_point("gallery.shards_written")
             self._switch(Manifest(GALLERY_FORMAT, self.manifest.generation + 1, self.model_id, self.dim,
-                                  self.manifest.codec_version, writer.next_row_id,
-                                  self.manifest.shards + tuple(shards)))
+                                  self.manifest.codec_version, writer.next_row_id, tuple(names)))
+
+    def _merge_small(self, names: list[str]) -> list[str]:
+        """Merge small shards (each write adds one) into one, so searches don't visit hundreds.
+
+        Runs under the writer's lock; the merged shard enters the same new generation.
+        """
+        small_limit = max(1, self.settings.shard_capacity // 8)
+        loaded = {n: self._shards.get(n) or Shard.load(self.root / "shards" / n, mmap=self._mmap) for n in names}
+        small = [n for n in names if loaded[n].meta.count < small_limit]
+        if len(small) <= self.settings.small_shard_limit:
+            return names
+        writer = GalleryWriter(self, keep_row_ids=True)
+        try:
+            for n in small:
+                shard = loaded[n]
+                live = shard.live_positions()
+                enrol = shard.enrolment_table()["enrolment_id"].to_pylist()
+                writer.add_rows(np.asarray(shard.vectors[live], dtype=np.float32), shard.row_ids[live],
+                                [enrol[p] for p in live])
+            merged = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        return [n for n in names if n not in set(small)] + merged
 
     def add(self, vectors: np.ndarray, enrolment_ids: Sequence[str], model_id: str | None = None) -> np.ndarray:
         """Add templates; returns their gallery row ids.

@@ -58,6 +58,28 @@ class ShardMeta:
         return self.count - self.removed
 
 
+_ROWS_GROUP = 65_536  # rows.parquet row-group size: a lookup reads only the groups it needs
+
+
+def enrolment_keys(enrolment_ids: list[str]) -> np.ndarray:
+    """64-bit FNV-1a keys of enrolment ids (vectorised). Equal ids give equal keys; a key
+    match is always confirmed against the stored id, so collisions cost a read, not a row."""
+    if not enrolment_ids:
+        return np.zeros(0, dtype=np.uint64)
+    raw = np.array([e.encode("utf-8") for e in enrolment_ids], dtype=object)
+    lengths = np.fromiter((len(b) for b in raw), dtype=np.int64, count=raw.size)
+    width = max(1, int(lengths.max()))
+    padded = np.frombuffer(b"".join(b.ljust(width, b"\0") for b in raw), dtype=np.uint8).reshape(-1, width)
+    h = np.full(raw.size, 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for col in range(width):
+            live = lengths > col
+            mixed = (h ^ padded[:, col].astype(np.uint64)) * prime
+            h = np.where(live, mixed, h)
+    return h
+
+
 class ShardWriter:
     """Streams rows into a new shard; ``finish`` makes it visible atomically."""
 
@@ -108,7 +130,12 @@ class ShardWriter:
         np.save(self.tmp / "row_ids.npy", row_ids)
         enrolments = [e for part in self._enrolments for e in part]
         pq.write_table(pa.Table.from_arrays([pa.array(row_ids), pa.array(enrolments, type=pa.string())],
-                                            schema=GALLERY_ROWS_SCHEMA), self.tmp / "rows.parquet")
+                                            schema=GALLERY_ROWS_SCHEMA), self.tmp / "rows.parquet",
+                       row_group_size=_ROWS_GROUP)
+        keys = enrolment_keys(enrolments)
+        order = np.argsort(keys, kind="stable").astype(np.int64)
+        np.save(self.tmp / "enrolment_keys.npy", keys[order])
+        np.save(self.tmp / "enrolment_order.npy", order)
         faiss.write_index(self._index, str(self.tmp / "index.faiss"))
         crash_point("shard.files_written")
         meta = ShardMeta(
@@ -117,7 +144,7 @@ class ShardWriter:
             min_row_id=int(row_ids.min()) if row_ids.size else -1,
             max_row_id=int(row_ids.max()) if row_ids.size else -1,
         )
-        for f in ("row_ids.npy", "rows.parquet", "index.faiss"):
+        for f in ("row_ids.npy", "rows.parquet", "index.faiss", "enrolment_keys.npy", "enrolment_order.npy"):
             fsync_path(self.tmp / f)
         atomic_write_text(self.tmp / "meta.json", json.dumps(asdict(meta), indent=2))
         final = self.parent / self.name
@@ -190,6 +217,35 @@ class Shard:
         import pyarrow.parquet as pq
 
         return pq.read_table(self.path / "rows.parquet")
+
+    def find_enrolments(self, enrolment_ids: list[str]) -> dict[str, int]:
+        """Which of these enrolment ids are live rows of this shard (id -> row id).
+
+        Keys are looked up in the sorted key file; only row groups of ``rows.parquet`` that
+        hold a key match are read, to confirm the id (new enrolments usually read nothing).
+        """
+        import pyarrow.parquet as pq
+
+        keys = np.load(self.path / "enrolment_keys.npy", mmap_mode="r")
+        order = np.load(self.path / "enrolment_order.npy", mmap_mode="r")
+        wanted = enrolment_keys(enrolment_ids)
+        lo = np.searchsorted(keys, wanted, side="left")
+        hi = np.searchsorted(keys, wanted, side="right")
+        positions = np.concatenate([np.asarray(order[a:b]) for a, b in zip(lo, hi) if b > a] or
+                                   [np.zeros(0, dtype=np.int64)])
+        positions = np.setdiff1d(positions, self.removed_positions)
+        if positions.size == 0:
+            return {}
+        groups = np.unique(positions // _ROWS_GROUP)
+        table = pq.ParquetFile(self.path / "rows.parquet").read_row_groups(groups.tolist())
+        starts = groups * _ROWS_GROUP
+        local = np.searchsorted(starts, positions, side="right") - 1
+        offsets = np.concatenate([[0], np.cumsum([min(_ROWS_GROUP, self.meta.count - g) for g in starts])])
+        rows = offsets[local] + (positions - starts[local])
+        want = set(enrolment_ids)
+        ids = table["enrolment_id"].take(rows).to_pylist()
+        row_ids = self.row_ids[positions]
+        return {e: int(r) for e, r in zip(ids, row_ids) if e in want}
 
     def exact_scores(self, probes: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Exact cosines of each probe with the rows at ``positions`` (``-1`` gives -inf)."""
@@ -264,7 +320,7 @@ class Shard:
         name = f"shard-{uuid.uuid4().hex[:12]}"
         tmp = Path(parent) / f".tmp-{name}"
         tmp.mkdir(parents=True)
-        for f in ("vectors.bin", "row_ids.npy", "rows.parquet"):
+        for f in ("vectors.bin", "row_ids.npy", "rows.parquet", "enrolment_keys.npy", "enrolment_order.npy"):
             _link_or_copy(self.path / f, tmp / f)
         index = faiss.clone_index(self.index)
         index.remove_ids(faiss.IDSelectorBatch(positions.astype(np.int64)))

@@ -277,3 +277,19 @@ def test_compact_retrain_keeps_every_row_and_its_matches(tmp_path: Path, face_da
     hits = sum(bool(set(probes.mates(i).tolist()) & set(found.of(i)[0].tolist())) for i in mated)
     assert hits / mated.size > 0.95
     assert g.enrolment_ids(np.array([123])) == ["e123"]
+
+
+def test_many_small_writes_are_merged_and_nothing_is_lost(tmp_path: Path, face_data: SyntheticData,
+                                                          face_gallery: Gallery) -> None:
+    settings = IndexSettings(nlist=64, pq_m=16, pq_bits=4, train_size=5000, shard_capacity=8_000,
+                             small_shard_limit=3)
+    g = Gallery.create(tmp_path, face_data.profile.model_id, 64, settings)
+    g.use_codec(face_gallery.codec)
+    gal = face_data.gallery()
+    for lo in range(0, 2_000, 200):  # ten small units, as `dedup run` writes them
+        g.add(gal.vectors[lo:lo + 200], [f"e{r}" for r in range(lo, lo + 200)])
+        assert len(Gallery.open(tmp_path, settings).manifest.shards) <= settings.small_shard_limit + 1
+    g = Gallery.open(tmp_path, settings)
+    assert len(g) == 2_000
+    assert g.find_enrolments([f"e{r}" for r in (0, 999, 1999)] + ["e2000"]) == {"e0": 0, "e999": 999, "e1999": 1999}
+    np.testing.assert_allclose(g.exact_vectors(np.arange(2_000)), gal.vectors[:2_000], atol=2e-3)
