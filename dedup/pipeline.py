@@ -302,7 +302,8 @@ class Runner:
 
         if self._client is None:
             self._client = cluster.connect(self.scheduler)
-        return cluster.search_shards(self._client, gallery.shard_paths(), probes, params)
+        plan = cluster.plan_for_device(self.dep.settings.runtime.device, self.dep.settings.search.probe_block)
+        return cluster.search_shards(self._client, gallery.shard_paths(), probes, params, plan)
 
     def _in_flight(self, conn: psycopg.Connection[Any], unit_id: int) -> list[tuple[int, UnitTemplates]]:
         rows = conn.execute("SELECT unit_id FROM run_units WHERE state = 'claimed' AND unit_id <> %s", (unit_id,)).fetchall()

@@ -150,3 +150,22 @@ def test_killed_at_every_step_the_rerun_finishes_with_nothing_lost_or_doubled(de
     assert gallery_names(deployment.home) == sorted(f"e{pks[k]}" for k in ("A1", "A2", "G1"))  # each template once
     again = run(None)
     assert again.returncode == 0 and '"enrolments": 0' in again.stdout
+
+
+def test_run_on_a_dask_cluster_finds_the_same_candidates(deployment: Cli, database_url: str, tmp_path: Path,
+                                                          faces: Path) -> None:
+    """`dedup run --scheduler ADDR`: the gallery search runs on the cluster's workers."""
+    from distributed import LocalCluster
+
+    first = batch(tmp_path / "b1", faces, [("G1", "hopper-1.jpg"), ("A1", "astronaut-1.jpg")])
+    deployment.json("submit", str(first), user="c1")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        out = deployment.json("run", "--once", "--scheduler", cluster.scheduler_address, env=FAST)
+        assert (out["accepted"], out["cases"]) == (2, 0)
+        second = batch(tmp_path / "b2", faces, [("G2", "hopper-2.jpg")])
+        deployment.json("submit", str(second), user="c1")
+        assert deployment.json("run", "--once", "--scheduler", cluster.scheduler_address, env=FAST)["cases"] == 1
+    case = deployment.json("queue", "next", user="alice")
+    [cand] = case["candidates"]
+    assert (case["enrolment_id"], cand["enrolment_id"], cand["found_in"]) == ("G2", "G1", "gallery")
