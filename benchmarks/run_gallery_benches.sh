@@ -7,14 +7,15 @@ cd "$(dirname "$0")/.."
 out=benchmarks/results
 run() { name=$1; shift; echo "== $name"; dedup bench "$@" --json "$out/bench-$name.json"; }
 
-# 1M, every profile, at each profile's documented operating point.
-run 1m-face-like     --job jobs/bench-1m.toml
-run 1m-uniform       --job jobs/bench-1m.toml --profile uniform --compare flat
+# 1M face-like at the threshold calibrated for FPIR 1e-3 at 1M (benchmarks/eval): the
+# operating regime of a deployment, and the targets; hnswlib in the same run.
+run 1m-face-like-t0.957 --job jobs/bench-1m.toml --threshold 0.957
+# 1M, the other profiles at their documented operating points.
 run 1m-arcface-like  --job jobs/bench-1m.toml --profile arcface-like --compare flat
-# face-like at a threshold calibrated for FPIR 1e-3 at 1M (benchmarks/eval): no cap explosion.
-run 1m-face-like-t0.96 --job jobs/bench-1m.toml --threshold 0.96 --compare flat
+run 1m-uniform       --job jobs/bench-1m.toml --profile uniform --compare flat
 # What the uniform worst case needs to reach 0.999.
 run 1m-uniform-nprobe512 --job jobs/bench-1m.toml --profile uniform --compare flat --nprobe 512
 # 10M: runs to completion on a 24 GiB machine.
-run 10m-face-like    --job jobs/bench-10m.toml
-run 10m-uniform      --job jobs/bench-10m.toml --profile uniform
+run 10m-face-like    --job jobs/bench-10m.toml --threshold 0.957
+# face-like at dlib's own rule (0.908), inside the impostor tail: capped probes.
+run 1m-face-like     --job jobs/bench-1m.toml --compare flat

@@ -211,6 +211,7 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
         "threshold": params.threshold,
         "shards": spec.shards,
         "codec": asdict(codec_spec),
+        "train_size": train_n,
         "search": asdict(params),
         "machine": machine_info(),
     }

@@ -38,10 +38,10 @@ def require(ok: bool, message: str) -> None:
 class IndexSettings:
     """How gallery shards are quantised and stored."""
 
-    nlist: int = setting(0, "IVF coarse lists; 0 picks about 4*sqrt(N) for the gallery size, rounded to a power of two")
+    nlist: int = setting(0, "IVF coarse lists; 0 picks about 2*sqrt(N) for the gallery size, rounded to a power of two (at most train_size/39)")
     pq_m: int = setting(32, "PQ sub-quantisers per template (bytes of code are pq_m/2 with 4-bit fast-scan, pq_m with 8-bit)")
     pq_bits: int = setting(4, "bits per PQ sub-quantiser: 4 (fast-scan, fastest) or 8")
-    train_size: int = setting(200_000, "templates sampled to train the codec (coarse centroids and PQ codebooks)")
+    train_size: int = setting(100_000, "templates sampled to train the codec (coarse centroids and PQ codebooks)")
     shard_capacity: int = setting(4_000_000, "templates per shard before a new shard is started")
     exact_dtype: str = setting("float16", "dtype of the exact vectors kept for re-ranking: float16 or float32")
     keep_generations: int = setting(2, "old gallery generations kept on disk after a switch (for readers still using them)")

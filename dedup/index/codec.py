@@ -56,8 +56,14 @@ class CodecSpec:
 
 
 def choose_nlist(n_templates: int) -> int:
-    """About 4*sqrt(N) coarse lists, as a power of two, between 16 and 65536."""
-    target = 4.0 * math.sqrt(max(n_templates, 1))
+    """About 2*sqrt(N) coarse lists, as a power of two, between 16 and 65536.
+
+    2*sqrt(N) rather than the usual 4*sqrt(N): with 4-bit fast-scan a longer list costs
+    little to scan, while k-means time grows with nlist (measured at 1M face-like, 2 cores:
+    nlist 2048 and 4096 gave the same duplicate recall at nprobe 32, and 2048 trains on
+    100k templates inside the 60 s train + add budget).
+    """
+    target = 2.0 * math.sqrt(max(n_templates, 1))
     return int(min(65536, max(16, 2 ** round(math.log2(target)))))
 
 
