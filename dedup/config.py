@@ -43,7 +43,7 @@ class IndexSettings:
     pq_bits: int = setting(4, "bits per PQ sub-quantiser: 4 (fast-scan, fastest) or 8")
     train_size: int = setting(100_000, "templates sampled to train the codec (coarse centroids and PQ codebooks)")
     shard_capacity: int = setting(4_000_000, "templates per shard before a new shard is started")
-    exact_dtype: str = setting("float16", "dtype of the exact vectors kept for re-ranking: float16 or float32")
+    exact_dtype: str = setting("float32", "dtype of the exact vectors kept for re-ranking: float32 (exact decisions) or float16 (half the disk; scores move by up to ~1e-4, so pairs right at the threshold can flip)")
     keep_generations: int = setting(2, "old gallery generations kept on disk after a switch (for readers still using them)")
     small_shard_limit: int = setting(8, "when a write leaves more than this many shards under 1/8 of shard_capacity, it merges them into one")
 
@@ -63,7 +63,7 @@ class SearchSettings:
     """How probes are searched against the gallery and candidates decided."""
 
     threshold: float = setting(0.0, "exact cosine at or above which a gallery row is a candidate; 0 means the model's documented operating point")
-    nprobe: int = setting(32, "IVF lists visited per probe (deepened probes visit more)")
+    nprobe: int = setting(48, "IVF lists visited per probe (deepened probes visit more)")
     depth: int = setting(16, "PQ-ranked rows re-ranked exactly per probe before deepening")
     max_depth: int = setting(4096, "deepest a probe is searched when all of its re-ranked rows are above the threshold")
     max_candidates: int = setting(100, "candidates kept per probe (highest exact scores); probes that hit it are reported as capped")

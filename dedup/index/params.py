@@ -21,7 +21,7 @@ class SearchParams:
     """
 
     threshold: float
-    nprobe: int = 32
+    nprobe: int = 48
     depth: int = 16
     max_depth: int = 4096
     max_candidates: int = 100

@@ -83,7 +83,7 @@ def enrolment_keys(enrolment_ids: list[str]) -> np.ndarray:
 class ShardWriter:
     """Streams rows into a new shard; ``finish`` makes it visible atomically."""
 
-    def __init__(self, codec: Codec, parent: Path, model_id: str, exact_dtype: str = "float16",
+    def __init__(self, codec: Codec, parent: Path, model_id: str, exact_dtype: str = "float32",
                  name: str | None = None) -> None:
         if exact_dtype not in ("float16", "float32"):
             raise InvalidParameter(f"exact_dtype must be float16 or float32, got {exact_dtype}")
