@@ -212,6 +212,7 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
         "shards": spec.shards,
         "codec": asdict(codec_spec),
         "train_size": train_n,
+        "exact_dtype": index_settings.exact_dtype,
         "search": asdict(params),
         "machine": machine_info(),
     }

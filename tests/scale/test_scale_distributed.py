@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dedup.config import IndexSettings
 from dedup.cluster import (ClusterSearch, connect, list_workers, place_shards, preload, search_gallery,
                            search_shards, worker_loads)
 from dedup.errors import ClusterError, GalleryError
@@ -45,7 +46,8 @@ def test_exact_method_on_workers_equals_exact_search(client: object, layouts: di
     got = search_gallery(client, built.root, built.probes.vectors, built.params, plan)
     g = built.gallery
     removed = np.flatnonzero(np.isin(g.row_ids, built.removed))
-    want = exact_search(g.vectors.astype(np.float16), g.row_ids, built.probes.vectors, built.params.threshold,
+    stored = np.dtype(IndexSettings().exact_dtype)  # the shards' exact vectors, as the workers read them
+    want = exact_search(g.vectors.astype(stored), g.row_ids, built.probes.vectors, built.params.threshold,
                         built.params.max_candidates, device="cpu", removed=removed)
     for f in ("offsets", "row_ids", "capped"):
         np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)

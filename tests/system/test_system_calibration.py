@@ -11,6 +11,7 @@ packages ship. The warning after a unit enters the gallery is checked with real 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def test_calibrate_apply_from_the_live_gallery(deployment: Cli, database_url: st
     text = toml.read_text()
     assert text.startswith(before.split("\n# tuned")[0]) and "# tuned by hand" in text
     settings = tomllib.loads(text)
-    assert settings["search"] == {"nprobe": 24, "threshold": round(doc["threshold"], 6)}
+    assert settings["search"] == {"nprobe": 24, "threshold": math.ceil(doc["threshold"] * 1e6) / 1e6}
     assert settings["calibration"] == {"target_fpir": 0.01}
     assert settings["store"]["database_url"] == database_url
     [row] = audit_rows(database_url, "threshold.calibrate")
@@ -135,7 +136,7 @@ def test_run_warns_when_its_own_enrolments_outgrow_the_threshold(deployment: Cli
 
     deployment.run("calibrate", "--apply", "--json", "-", env=FAST)
     cal, tail = load_calibration(deployment.home)
-    t = round(cal["threshold"], 6)
+    t = math.ceil(cal["threshold"] * 1e6) / 1e6
     target = float(fpir_from_fmr(tail.fmr(t), live["size"] + 1))   # between FPIR at 2,040 and at 2,042
     apply_threshold(deployment.home, t, target)
     assert check_deployment_threshold(deployment.home, live["size"]).ok
