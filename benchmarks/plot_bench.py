@@ -26,14 +26,16 @@ def main() -> None:
     for path in sorted((HERE / "results").glob("bench-*.json")):
         r = json.loads(path.read_text())
         n = r["gallery_size"]
-        series[(r["profile"], "dedup IVF-PQ")].append((n, r["probes_per_s"], r["ram_bytes_per_template"]))
+        # Lines join runs of one profile at one threshold (and nprobe), across gallery sizes.
+        key = f"{r['profile']}, t={r['threshold']:.3f}, nprobe {r['search']['nprobe']}"
+        series[(key, "dedup IVF-PQ")].append((n, r["probes_per_s"], r["ram_bytes_per_template"]))
         for name, b in r.get("baselines", {}).items():
-            series[(r["profile"], name)].append((n, b["probes_per_s"], b["ram_bytes_per_template"]))
+            series[(f"{r['profile']}, t={r['threshold']:.3f}", name)].append((n, b["probes_per_s"], b["ram_bytes_per_template"]))
     if not series:
         raise SystemExit("no results/bench-*.json to plot")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 5))
     for (profile, engine), points in sorted(series.items()):
-        points.sort()
+        points = sorted(set(points))
         xs = [p[0] for p in points]
         style = "-o" if engine.startswith("dedup") else "--s"
         ax1.plot(xs, [p[1] for p in points], style, label=f"{engine} ({profile})")
@@ -44,9 +46,10 @@ def main() -> None:
         ax.set_xlabel("gallery size (templates)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=7)
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle("dedup bench: sharded IVF-PQ + exact re-rank vs exact flat and hnswlib")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.72, 1))
     out = HERE / "results" / "bench.png"
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
