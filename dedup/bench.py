@@ -24,7 +24,7 @@ import numpy as np
 
 from dedup.config import IndexSettings, Settings
 from dedup.errors import BadInput, InvalidParameter
-from dedup.index.codec import CodecSpec, fit_nlist
+from dedup.index.codec import CodecSpec, choose_pq_m, fit_nlist
 from dedup.index.gallery import Gallery
 from dedup.index.memory import Budget, check_fits, gallery_budget
 from dedup.index.params import SearchParams
@@ -124,11 +124,9 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
         train_size=spec.train_size if spec.train_size is not None else ix.train_size,
         shard_capacity=math.ceil(spec.gallery_size / spec.shards),
     )
+    index = replace(index, pq_m=choose_pq_m(profile.dim, index.pq_m))
     if index.pq_m > profile.dim or profile.dim % index.pq_m:
-        # Keep the default code size sensible at other dimensions: about dim/4 sub-quantisers.
-        if spec.pq_m is not None or ix.pq_m != IndexSettings().pq_m:
-            raise InvalidParameter(f"pq_m ({index.pq_m}) must divide the dimension ({profile.dim})")
-        index = replace(index, pq_m=_divisor_near(profile.dim, max(2, profile.dim // 4)))
+        raise InvalidParameter(f"pq_m ({index.pq_m}) must divide the dimension ({profile.dim})")
     s = settings.search
     threshold = spec.threshold if spec.threshold is not None else (s.threshold or profile.threshold)
     params = SearchParams(
@@ -140,11 +138,6 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
         deepen_margin=s.deepen_margin,
     )
     return data, index, params
-
-
-def _divisor_near(n: int, target: int) -> int:
-    divisors = [d for d in range(2, n + 1, 2) if n % d == 0] or [1]
-    return min(divisors, key=lambda d: abs(d - target))
 
 
 # ---------------------------------------------------------------------------- progress

@@ -39,7 +39,7 @@ class IndexSettings:
     """How gallery shards are quantised and stored."""
 
     nlist: int = setting(0, "IVF coarse lists; 0 picks about 2*sqrt(N) for the gallery size, rounded to a power of two (at most train_size/39)")
-    pq_m: int = setting(32, "PQ sub-quantisers per template (bytes of code are pq_m/2 with 4-bit fast-scan, pq_m with 8-bit)")
+    pq_m: int = setting(0, "PQ sub-quantisers per template; 0 picks about dim/4 (32 at 128-d, 128 at 512-d); bytes of code are pq_m/2 with 4-bit fast-scan, pq_m with 8-bit")
     pq_bits: int = setting(4, "bits per PQ sub-quantiser: 4 (fast-scan, fastest) or 8")
     train_size: int = setting(100_000, "templates sampled to train the codec (coarse centroids and PQ codebooks)")
     shard_capacity: int = setting(4_000_000, "templates per shard before a new shard is started")
@@ -50,7 +50,7 @@ class IndexSettings:
     def __post_init__(self) -> None:
         require(self.nlist >= 0, "nlist must be >= 0")
         require(self.pq_bits in (4, 8), "pq_bits must be 4 or 8")
-        require(self.pq_m > 0, "pq_m must be > 0")
+        require(self.pq_m >= 0, "pq_m must be >= 0 (0 = about dim/4)")
         require(self.train_size >= 1000, "train_size must be >= 1000")
         require(self.shard_capacity >= 1, "shard_capacity must be >= 1")
         require(self.exact_dtype in ("float16", "float32"), "exact_dtype must be float16 or float32")

@@ -67,6 +67,19 @@ def choose_nlist(n_templates: int) -> int:
     return int(min(65536, max(16, 2 ** round(math.log2(target)))))
 
 
+def choose_pq_m(dim: int, configured: int) -> int:
+    """PQ sub-quantisers: the configured number, or (0) about dim/4 (128-d: 32, 512-d: 128).
+
+    Scaling with the dimension keeps 4 dimensions per 4-bit code; 32 codes for a 512-d
+    template (16 dimensions each) rank its neighbours too coarsely for threshold search.
+    """
+    if configured:
+        return configured
+    target = max(2, dim // 4)
+    divisors = [d for d in range(2, dim + 1, 2) if dim % d == 0] or [1]
+    return min(divisors, key=lambda d: (abs(d - target), d))
+
+
 def fit_nlist(spec_nlist: int, n_templates: int, n_train: int) -> int:
     """The configured nlist, or the automatic one, reduced so training has 39 points per list."""
     nlist = spec_nlist or choose_nlist(n_templates)

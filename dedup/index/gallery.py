@@ -31,7 +31,7 @@ import numpy as np
 from dedup.config import IndexSettings
 from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
 from dedup.index.atomic import atomic_write_text, fsync_path
-from dedup.index.codec import Codec, CodecSpec, fit_nlist
+from dedup.index.codec import Codec, CodecSpec, choose_pq_m, fit_nlist
 from dedup.index.crash import crash_point
 from dedup.index.memory import check_fits, gallery_budget
 from dedup.index.params import SearchParams
@@ -319,7 +319,7 @@ class Gallery:
                 raise GalleryError("the gallery already has shards; retrain with `dedup gallery compact --retrain`")
             n_expected = expected_size or sample.shape[0]
             nlist = fit_nlist(self.settings.nlist, n_expected, sample.shape[0])
-            spec = CodecSpec(self.dim, nlist, self.settings.pq_m, self.settings.pq_bits)
+            spec = CodecSpec(self.dim, nlist, choose_pq_m(self.dim, self.settings.pq_m), self.settings.pq_bits)
             codec = Codec.train(sample, spec, seed=seed)
             codec.save(self.root / "codec" / f"{codec.version}.faiss")
             self._codec = codec
@@ -475,7 +475,7 @@ class Gallery:
         # float16 storage: renormalise so the sample is unit-length again.
         sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
         nlist = fit_nlist(self.settings.nlist, total, want)
-        return Codec.train(sample, CodecSpec(self.dim, nlist, self.settings.pq_m, self.settings.pq_bits), seed=seed)
+        return Codec.train(sample, CodecSpec(self.dim, nlist, choose_pq_m(self.dim, self.settings.pq_m), self.settings.pq_bits), seed=seed)
 
 
 class GalleryWriter:
