@@ -83,12 +83,17 @@ def test_missing_shard_is_a_gallery_error_not_a_retry(client: object, tmp_path: 
         search_shards(client, [tmp_path / "shard-gone"], built.probes.vectors[:5], built.params)
 
 
-def test_cuda_without_gpu_workers_is_a_clear_error(client: object, layouts: dict[str, Built]) -> None:
-    if any(w.gpus > 0 for w in list_workers(client)):
-        pytest.skip("this cluster has GPU workers")
+def test_cuda_without_gpu_workers_is_a_clear_error(layouts: dict[str, Built]) -> None:
+    # A cluster of CPU-only workers on every machine (no GPU resource advertised), so the
+    # test runs the same with or without a GPU.
+    from distributed import Client, LocalCluster
+
     built = layouts["1-shard"]
-    with pytest.raises(ClusterError, match="--resources GPU=1"):
-        search_gallery(client, built.root, built.probes.vectors[:5], built.params, ClusterSearch(device="cuda"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as cpu_only:
+        assert all(w.gpus == 0 for w in list_workers(cpu_only))
+        with pytest.raises(ClusterError, match="--resources GPU=1"):
+            search_gallery(cpu_only, built.root, built.probes.vectors[:5], built.params, ClusterSearch(device="cuda"))
 
 
 def test_unreachable_scheduler_is_a_clear_error() -> None:
