@@ -281,10 +281,9 @@ class _Truth:
         """Record exact scores of mate pairs whose gallery rows are in this block."""
         lo = np.searchsorted(self._sorted_rows, row_ids[0])
         hi = np.searchsorted(self._sorted_rows, row_ids[-1], side="right")
-        for j in self._order[lo:hi]:
-            row = self.pair_row[j]
-            local = row - row_ids[0]
-            self.pair_score[j] = float(vectors[local] @ self.probes.vectors[self.pair_probe[j]])
+        js = self._order[lo:hi]
+        local = self.pair_row[js] - row_ids[0]
+        self.pair_score[js] = np.einsum("ij,ij->i", vectors[local], self.probes.vectors[self.pair_probe[js]])
 
     def score(self, found: Candidates, probe_subset: int | None = None) -> dict[str, float]:
         """duplicate_recall, capped probes and false candidates per probe for a result."""

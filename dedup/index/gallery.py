@@ -291,6 +291,8 @@ class Gallery:
         crash_point("gallery.switched")
         self.manifest = manifest
         self._id_map = None
+        # Shards merged or rewritten away are no longer searched: drop them from the cache.
+        self._shards = {n: sh for n, sh in self._shards.items() if n in set(manifest.shards)}
         self._collect_garbage()
 
     def _collect_garbage(self) -> None:
@@ -384,11 +386,7 @@ class Gallery:
         writer = GalleryWriter(self, keep_row_ids=True)
         try:
             for n in small:
-                shard = loaded[n]
-                live = shard.live_positions()
-                enrol = shard.enrolment_table()["enrolment_id"].to_pylist()
-                writer.add_rows(np.asarray(shard.vectors[live], dtype=np.float32), shard.row_ids[live],
-                                [enrol[p] for p in live])
+                writer.copy_live_rows(loaded[n])
             merged = writer.finish()
         except BaseException:
             writer.abort()
@@ -443,13 +441,7 @@ class Gallery:
             writer = GalleryWriter(self, keep_row_ids=True)
             try:
                 for shard in old:
-                    table = shard.enrolment_table()
-                    live = shard.live_positions()
-                    enrol = table["enrolment_id"].to_pylist()
-                    for lo in range(0, live.size, 65536):
-                        pos = live[lo:lo + 65536]
-                        writer.add_rows(np.asarray(shard.vectors[pos], dtype=np.float32), shard.row_ids[pos],
-                                        [enrol[p] for p in pos])
+                    writer.copy_live_rows(shard)
             except BaseException:
                 writer.abort()
                 raise
@@ -531,6 +523,15 @@ class GalleryWriter:
             if self._current.count >= cap:
                 self._finished.append(self._current.finish().name)
                 self._current = None
+
+    def copy_live_rows(self, shard: Shard, block: int = 65_536) -> None:
+        """Re-add a shard's live rows (same row and enrolment ids) into new shards."""
+        enrol = shard.enrolment_table()["enrolment_id"]
+        live = shard.live_positions()
+        for lo in range(0, live.size, block):
+            pos = live[lo:lo + block]
+            self.add_rows(np.asarray(shard.vectors[pos], dtype=np.float32), shard.row_ids[pos],
+                          enrol.take(pos).to_pylist())
 
     def finish(self) -> list[str]:
         if self._current is not None:
