@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - install what is missing, then run the main job
-#   make test   - install what is missing (test tools too), then run the tests
+#   make test   - install what is missing (test tools too), lint, then run the tests
 # torch==2.13.0 is installed first on its own: on our CPU machines that is a local CPU
 # build, so nothing downloads a CUDA torch. GPU machines: `pip install .[gpu]` instead.
 
@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench bench-small install clean
+.PHONY: demo lint test test-all bench bench-small install clean
 
 $(VENV)/.system-deps:
 	@mkdir -p $(VENV)
@@ -19,6 +19,8 @@ $(VENV)/.system-deps:
 	  echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv; fi
 	@# tests/web drive Debian's Chromium (browsers cannot be downloaded by Playwright here)
 	@command -v chromium >/dev/null 2>&1 || (echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	@# tests/mosip start private brokers from Debian's ActiveMQ (5.17, OpenJDK 17; STOMP connector added by the tests)
+	@test -f /usr/share/activemq/bin/activemq.jar || (echo "installing activemq"; apt-get update -qq && apt-get install -y -qq activemq)
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.system-deps
@@ -38,7 +40,13 @@ demo: $(VENV)/.installed
 bench-small: $(VENV)/.installed
 	$(VENV)/bin/dedup bench --gallery-size 100000 --queries 2000 --profile face-like --seed 1
 
-test: $(VENV)/.installed
+# ruff and mypy, configured in pyproject.toml ([tool.ruff], [tool.mypy]); both run, so one
+# failing run shows every finding.
+lint: $(VENV)/.installed
+	@status=0; $(VENV)/bin/ruff check . || status=1; $(VENV)/bin/mypy || status=1; exit $$status
+
+# CI runs exactly this (.ci/run): lint first, then the tests.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Slow tests too (minutes): large galleries, the full profile fits.

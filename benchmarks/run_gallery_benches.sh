@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results
-run() { name=$1; shift; echo "== $name"; dedup bench "$@" --json "$out/bench-$name.json"; }
+run() { name=$1; shift; echo "== $name"; dedup bench "$@" --json-out "$out/bench-$name.json"; }
 
 # 1M face-like at the threshold calibrated for FPIR 1e-3 at 1M (benchmarks/eval): the
 # operating regime of a deployment, and the issue's targets; hnswlib in the same run.

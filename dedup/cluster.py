@@ -35,15 +35,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from dedup.errors import ClusterError, DedupError, InsufficientResources, InvalidParameter
+from dedup.faults import crash_point
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates, concat, merge
 
 DEFAULT_PROBE_BLOCK = 4096
-# Fault injection for tests, in the style of ``dedup.index.crash``: a worker process running a
-# shard search dies (``os._exit``) when ``DEDUP_CRASH_AT`` names this point. With
-# ``DEDUP_CRASH_ONCE=<file>`` only the first search to create that file dies.
+# Fault injection for tests (``dedup.faults``): a worker process running a shard search dies
+# when ``DEDUP_CRASH_AT`` names this point (with ``DEDUP_CRASH_ONCE``, only the first one).
 CRASH_POINT = "cluster.shard_search"
-CRASH_EXIT_CODE = 97
 
 
 # --------------------------------------------------------------------------- connecting
@@ -188,19 +187,6 @@ def cached_shard(path: str) -> Any:
     return shard
 
 
-def _maybe_crash() -> None:
-    if os.environ.get("DEDUP_CRASH_AT") != CRASH_POINT:
-        return
-    once = os.environ.get("DEDUP_CRASH_ONCE")
-    if once:
-        try:
-            fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
-    os._exit(CRASH_EXIT_CODE)
-
-
 def search_one_shard(shard: Any, probes: np.ndarray, params: SearchParams, method: str = "auto",
                      device: str = "auto", exact_cache: dict | None = None) -> Candidates:
     """Search one loaded shard with the chosen method and device.
@@ -261,7 +247,7 @@ def _load_task(path: str) -> str:
 
 def _search_task(path: str, block: ProbeBlock, params: SearchParams, method: str, device: str) -> Candidates:
     """Worker task: search one probe block against one shard held by this worker."""
-    _maybe_crash()
+    crash_point(CRASH_POINT)
     shard = cached_shard(path)
     return search_one_shard(shard, block.vectors, params, method=method, device=device, exact_cache=_EXACT)
 
@@ -329,9 +315,8 @@ def _retryable() -> tuple[type[BaseException], ...]:
     import concurrent.futures
 
     from distributed import KilledWorker
-    from distributed.comm.core import CommClosedError
-
     from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
 
     return (KilledWorker, CommClosedError, FutureCancelledError, concurrent.futures.CancelledError,
             asyncio.CancelledError, OSError, TimeoutError)
@@ -474,7 +459,8 @@ class _SearchState:
 def search_gallery(client: Any, root: Path | str, probes: np.ndarray, params: SearchParams,
                    plan: ClusterSearch = ClusterSearch()) -> Candidates:
     """``Gallery.open(root).search(probes, params)``, on the cluster's workers."""
-    from dedup.index.gallery import Gallery, check_probes
+    from dedup.index.gallery import Gallery
+    from dedup.index.probes import check_probes
 
     gallery = Gallery.open(Path(root))
     probes = check_probes(probes, gallery.dim)
@@ -487,82 +473,7 @@ def worker_loads(client: Any) -> dict[str, list[str]]:
     return {by_addr.get(addr, addr): loads for addr, loads in client.run(_loads_task).items()}
 
 
-# --------------------------------------------------------------------------- scaling
-
-
-@dataclass
-class ScalingPoint:
-    """One row of a scaling run: the search of every probe on ``workers`` workers."""
-
-    workers: int
-    threads_per_worker: int
-    probes: int
-    shards: int
-    seconds: float
-    load_seconds: float
-    candidates: Candidates = field(repr=False)
-
-    @property
-    def probes_per_s(self) -> float:
-        return self.probes / self.seconds if self.seconds > 0 else float("inf")
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready figures (without the candidates)."""
-        return {"workers": self.workers, "threads_per_worker": self.threads_per_worker, "probes": self.probes,
-                "shards": self.shards, "seconds": round(self.seconds, 4), "load_seconds": round(self.load_seconds, 4),
-                "probes_per_s": round(self.probes_per_s, 1)}
-
-
-def scaling_run(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, worker_counts: Sequence[int],
-                scheduler: str | None = None, threads_per_worker: int = 1,
-                plan: ClusterSearch = ClusterSearch(), repeats: int = 1) -> list[ScalingPoint]:
-    """Search the same probes on 1, 2, ... workers of one cluster; probes/s side by side.
-
-    A LocalCluster of ``max(worker_counts)`` workers is started unless ``scheduler`` is given
-    (then the first ``w`` workers by name are used for each count). Shards are loaded on
-    their holders before the clock starts; each count is timed ``repeats`` times, best kept.
-    """
-    from dedup.index.gallery import Gallery, check_probes
-
-    counts = sorted(set(int(w) for w in worker_counts))
-    if not counts or counts[0] < 1:
-        raise InvalidParameter("worker counts must be >= 1")
-    if repeats < 1:
-        raise InvalidParameter("repeats must be >= 1")
-    gallery = Gallery.open(Path(gallery_root))
-    probes = check_probes(probes, gallery.dim)
-    shards = gallery.shard_paths()
-    out: list[ScalingPoint] = []
-    client = connect(scheduler, workers=counts[-1] if not scheduler else 0, threads_per_worker=threads_per_worker)
-    try:
-        try:
-            client.wait_for_workers(counts[-1], timeout=120 if not scheduler else plan.worker_wait_s)
-        except TimeoutError:
-            pass  # reported below with the numbers
-        available = [w.name for w in list_workers(client)]
-        if counts[-1] > len(available):
-            raise ClusterError(f"{counts[-1]} workers asked for, the cluster at {scheduler} has {len(available)}")
-        for w in counts:
-            sub = ClusterSearch(probe_block=plan.probe_block, max_retries=plan.max_retries, method=plan.method,
-                                device=plan.device, workers=tuple(available[:w]), worker_wait_s=plan.worker_wait_s)
-            t0 = time.perf_counter()
-            preload(client, shards, sub)
-            load_s = time.perf_counter() - t0
-            best, result = math.inf, None
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                result = search_shards(client, shards, probes, params, sub)
-                best = min(best, time.perf_counter() - t0)
-            assert result is not None
-            threads = threads_per_worker if not scheduler else \
-                min(x.nthreads for x in list_workers(client) if x.name in sub.workers)  # type: ignore[operator]
-            out.append(ScalingPoint(w, threads, probes.shape[0], len(shards), best, load_s, result))
-    finally:
-        client.close()
-    return out
-
-
-# --------------------------------------------------------------------------- bench hooks
+# --------------------------------------------------------------------------- devices
 
 
 def plan_for_device(device: str, probe_block: int = DEFAULT_PROBE_BLOCK) -> ClusterSearch:
@@ -572,58 +483,6 @@ def plan_for_device(device: str, probe_block: int = DEFAULT_PROBE_BLOCK) -> Clus
     if method is None:
         raise InvalidParameter(f"--device must be auto, cpu or cuda, got {device!r}")
     return ClusterSearch(probe_block=probe_block, method=method, device=device)
-
-
-def bench_scaling(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, max_workers: int,
-                  scheduler: str | None, score: Any, device: str = "cpu", threads_per_worker: int = 1,
-                  probe_block: int = DEFAULT_PROBE_BLOCK, repeats: int = 1) -> dict[str, Any]:
-    """``dedup bench --workers W``: the same search on 1..W workers, probes/s side by side.
-
-    ``score(candidates) -> dict`` adds the bench's accuracy figures (duplicate_recall, ...)
-    to each row, so equal recall across worker counts is visible in the same report.
-    """
-    from dedup.machine import usable_cores
-
-    if max_workers < 1:
-        raise InvalidParameter(f"--workers must be >= 1, got {max_workers}")
-    plan = plan_for_device(device, probe_block)
-    load_before = os.getloadavg()[0]
-    points = scaling_run(gallery_root, probes, params, list(range(1, max_workers + 1)), scheduler=scheduler,
-                         threads_per_worker=threads_per_worker, plan=plan, repeats=repeats)
-    rows = [{**p.as_dict(), **score(p.candidates)} for p in points]
-    base = rows[0]["probes_per_s"]
-    for r in rows:
-        r["speedup_vs_1_worker"] = round(r["probes_per_s"] / base, 3) if base else None
-    return {"scheduler": scheduler or "LocalCluster (127.0.0.1)", "device": device, "method": plan.method,
-            "probe_block": probe_block, "cores": usable_cores(), "points": rows,
-            # Other work on the machine shows here (a shared 2-core box gains little from 2 workers).
-            "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}}
-
-
-def torch_exact_baseline(gallery_root: Path | str, probes: np.ndarray, params: SearchParams, device: str,
-                         score: Any) -> dict[str, Any]:
-    """Exact torch threshold search over the gallery's shards on ``device`` (bench comparison row)."""
-    from dedup.index.exact import resolve_device
-    from dedup.index.gallery import Gallery
-
-    gallery = Gallery.open(Path(gallery_root))
-    dev = resolve_device(device).type
-    shards = gallery.shards()
-    cache: dict = {}
-    probes = np.ascontiguousarray(probes, dtype=np.float32)
-    # Load (and, on a GPU, copy the vectors to the device) before the clock starts.
-    for shard in shards:
-        search_one_shard(shard, probes[:1], params, method="exact", device=dev, exact_cache=cache)
-    t0 = time.perf_counter()
-    parts = [search_one_shard(s, probes, params, method="exact", device=dev, exact_cache=cache) for s in shards]
-    found = merge(parts, params.max_candidates) if parts else Candidates.empty(probes.shape[0])
-    seconds = time.perf_counter() - t0
-    dtype = shards[0].meta.exact_dtype if shards else "float16"
-    out = {"device": dev, "probes": probes.shape[0], "search_s": seconds,
-           "probes_per_s": probes.shape[0] / seconds if seconds > 0 else float("inf"),
-           "ram_bytes_per_template": float(gallery.dim * np.dtype(dtype).itemsize + 8)}
-    out.update(score(found))
-    return out
 
 
 def check_scheduler(address: str, timeout: float = 10.0) -> None:

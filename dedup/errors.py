@@ -1,4 +1,4 @@
-"""Domain errors. Library code raises these; only ``cli.py`` turns them into messages
+"""Domain errors. Library code raises these; only ``dedup.cli`` turns them into messages
 and exit codes, so a user never sees a traceback for bad input."""
 
 from __future__ import annotations
@@ -50,6 +50,16 @@ class PermissionDenied(DedupError):
     exit_code = 5
 
 
+class NotYours(PermissionDenied):
+    """An adjudicator acted on a case they do not hold: one answer whether the case exists, who
+    holds it, how it was decided or how many candidates it has (``reason`` is for the audit log only)."""
+
+    def __init__(self, case_id: int, reason: str) -> None:
+        super().__init__(f"case {case_id} is not yours: only the adjudicator holding a case can see it or act on it; "
+                         "take one with Next case (`dedup queue next`)")
+        self.reason = reason
+
+
 class Unauthenticated(DedupError):
     """No valid login, session or API token came with the request (HTTP 401)."""
 
@@ -80,6 +90,12 @@ class FaceModelError(DedupError):
     exit_code = 2
 
 
+class ModelPackageError(FaceModelError):
+    """A pinned package that ships built-in model weights is missing, of another version, or altered."""
+
+    exit_code = 2
+
+
 class ProcessingFailed(DedupError):
     """Work could not run at all (for example worker processes keep dying); nothing is written."""
 
@@ -90,3 +106,23 @@ class ClusterError(DedupError):
     """The Dask cluster cannot be reached, has no usable worker, or keeps losing workers."""
 
     exit_code = 9
+
+
+class BrokerError(DedupError):
+    """The message broker (MOSIP mode) cannot be reached, refuses the login, or drops the connection."""
+
+    exit_code = 9
+
+
+class MosipFailure(DedupError):
+    """A MOSIP ABIS request fails with one of the interface's failure reasons (``code``, 1-18).
+
+    It becomes a ``returnValue "2"`` response with that ``failureReason``; the detail stays
+    in dedup's log and ``dedup abis status``, never in the response.
+    """
+
+    exit_code = 2
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code

@@ -45,16 +45,17 @@ import pyarrow.parquet as pq
 
 from dedup.deployment import Deployment
 from dedup.errors import Conflict, GalleryError, ModelMismatch
-from dedup.index.crash import crash_point
-from dedup.queue.cases import NewCandidate, open_case
-from dedup.store import audit
+from dedup.faults import crash_point
+from dedup.fsutil import atomic_path
+from dedup.ids import SYNTHETIC_PREFIX, enrolment_pk_of, gallery_name, is_synthetic
+from dedup.ingest.photos import photo_store
+from dedup.store import audit, runs
+from dedup.store.cases import NewCandidate, open_case
+from dedup.store.gallery_members import standing_enrolments
 from dedup.store.identities import issue_uin
+from dedup.store.locks import try_run_lock
 from dedup.store.users import SYSTEM, Actor, authorize
 
-REAL_PREFIX = "e"  # a real enrolment's id in the gallery: "e<enrolment_pk>"
-SYNTHETIC_PREFIX = "synth"  # synthetic gallery rows: "synth-<n>"; never an enrolment
-_RUN_LOCK = 0x72756E  # "run": advisory lock key, one runner per database
-_GALLERY_STATES = ("accepted", "adjudication")
 # Face models by settings: loading one takes seconds, so a process loads each once.
 _MODELS: dict[Any, Any] = {}
 
@@ -99,11 +100,6 @@ class UnitTemplates:
         return np.array([r is None for r in self.reasons], dtype=bool)
 
 
-def gallery_name(enrolment_pk: int) -> str:
-    """The id under which an enrolment's template is kept in the gallery."""
-    return f"{REAL_PREFIX}{enrolment_pk}"
-
-
 def threshold_of(dep: Deployment) -> float:
     """The candidate threshold: ``search.threshold``, or the face model's operating point when 0."""
     from dedup.face import DEFAULT_COSINE_THRESHOLD
@@ -113,22 +109,23 @@ def threshold_of(dep: Deployment) -> float:
 
 def synthetic_sample(dim: int, n: int, seed: int = 7) -> np.ndarray:
     """Face-like synthetic templates in a ``dim``-d model space (for training a codec)."""
-    from dedup.synth import SynthSpec, SyntheticData, get_profile
+    from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
 
     data = SyntheticData(SynthSpec(get_profile("face-like", dim), gallery_size=n, queries=0, seed=seed))
     return np.concatenate([b.vectors for b in data.blocks()])[:n]
 
 
-def ensure_gallery(dep: Deployment, model_id: str, dim: int, train_sample: np.ndarray | None = None) -> Any:
+def ensure_gallery(dep: Deployment, model_id: str, dim: int, train_sample: np.ndarray | None = None,
+                   root: Path | None = None) -> Any:
     """Open the deployment's gallery, creating it and training its codec when needed.
 
     A new gallery's codec is trained on ``train_sample``, by default a face-like synthetic
     sample in the model's space (a bootstrap: decisions use exact scores; the codec only
-    proposes candidates).
+    proposes candidates). ``root`` names another gallery folder of the deployment (MOSIP mode's).
     """
     from dedup.index.gallery import Gallery
 
-    root = dep.gallery
+    root = root if root is not None else dep.gallery
     if not (root / "CURRENT").exists():
         Gallery.create(root, model_id, dim, dep.settings.index)
     gallery = Gallery.open(root, dep.settings.index)
@@ -163,7 +160,7 @@ class Runner:
         start = time.perf_counter()
         lock_conn = self.dep.database.connect()
         try:
-            if not lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_RUN_LOCK,)).fetchone()["ok"]:
+            if not try_run_lock(lock_conn):
                 raise Conflict("another `dedup run` is working on this deployment; wait for it or stop it")
             with self.dep.database.session() as conn:
                 self._check_threshold(conn)
@@ -182,14 +179,14 @@ class Runner:
 
     def _step(self, conn: psycopg.Connection[Any]) -> bool:
         """Advance the oldest unfinished unit, or claim a new one; False when there is nothing to do."""
-        row = conn.execute("SELECT unit_id, state FROM run_units WHERE state <> 'done' ORDER BY unit_id LIMIT 1").fetchone()
-        if row is None:
-            unit_id = self._claim(conn)
-            if unit_id is None:
+        unfinished = runs.unfinished_unit(conn)
+        if unfinished is None:
+            claimed = self._claim(conn)
+            if claimed is None:
                 return False
-            state = "claimed"
+            unit_id, state = claimed, "claimed"
         else:
-            unit_id, state = int(row["unit_id"]), row["state"]
+            unit_id, state = unfinished
         templates = self._templates(conn, unit_id)
         if state == "claimed":
             candidates, capped = self._search(conn, unit_id, templates)
@@ -200,22 +197,13 @@ class Runner:
     # ------------------------------------------------------------------ steps
 
     def _claim(self, conn: psycopg.Connection[Any]) -> int | None:
-        with conn.transaction():
-            unit_id = conn.execute("INSERT INTO run_units (size) VALUES (0) RETURNING unit_id").fetchone()["unit_id"]
-            taken = conn.execute(
-                """UPDATE enrolments SET state = 'processing', unit_id = %s, updated_at = now()
-                   WHERE enrolment_pk IN (SELECT enrolment_pk FROM enrolments WHERE state = 'received'
-                                          ORDER BY enrolment_pk LIMIT %s FOR UPDATE SKIP LOCKED)""",
-                (unit_id, self.dep.settings.store.run_batch_size),
-            ).rowcount
-            if taken == 0:
-                raise psycopg.Rollback()
-            conn.execute("UPDATE run_units SET size = %s WHERE unit_id = %s", (taken, unit_id))
-        if taken == 0:
+        claimed = runs.claim_unit(conn, self.dep.settings.store.run_batch_size)
+        if claimed is None:
             return None
+        unit_id, taken = claimed
         crash_point("run.claimed")
         self.progress(f"unit {unit_id}: {taken} enrolments claimed")
-        return int(unit_id)
+        return unit_id
 
     def _work_file(self, unit_id: int) -> Path:
         return self.dep.store / "work" / f"unit-{unit_id}.parquet"
@@ -227,10 +215,9 @@ class Runner:
             return read_unit(path)
         from dedup.face import embed_photos
 
-        rows = conn.execute("SELECT enrolment_pk, photo_sha256 FROM enrolments WHERE unit_id = %s ORDER BY enrolment_pk",
-                            (unit_id,)).fetchall()
-        photos = self.dep.store / "photos"
-        items = [str(photos / r["photo_sha256"][:2] / r["photo_sha256"]) for r in rows]
+        rows = runs.unit_photos(conn, unit_id)
+        photos = photo_store(self.dep.store)
+        items = [str(photos.path(sha)) for _, sha in rows]
         result = embed_photos(items, self.dep.settings.face, model=self.model())
         dim = result.dim
         vectors = np.zeros((len(rows), dim), dtype=np.float32)
@@ -241,7 +228,7 @@ class Runner:
             details.append(rec.detail)
             if rec.ok:
                 vectors[i] = result.embeddings[rec.row]
-        unit = UnitTemplates(np.array([r["enrolment_pk"] for r in rows], dtype=np.int64), reasons, details, vectors, result.model_id)
+        unit = UnitTemplates(np.array([pk for pk, _ in rows], dtype=np.int64), reasons, details, vectors, result.model_id)
         write_unit(unit, path)
         crash_point("run.embedded")
         self.progress(f"unit {unit_id}: {int(unit.ok.sum())} templates, {len(rows) - int(unit.ok.sum())} photos rejected")
@@ -265,12 +252,12 @@ class Runner:
             result = self._gallery_search(gallery, probes, params)
             capped += int(result.capped.sum())
             names = gallery.enrolment_ids(result.row_ids) if result.row_ids.size else []
-            real = {n: int(n[len(REAL_PREFIX):]) for n in names if n.startswith(REAL_PREFIX) and n[len(REAL_PREFIX):].isdigit()}
-            live = _live_enrolments(conn, [pk for pk in real.values() if pk not in own])
+            real = {n: pk for n in names if (pk := enrolment_pk_of(n)) is not None}
+            live = standing_enrolments(conn, [pk for pk in real.values() if pk not in own])
             probe_of = result.probe_index()
             for k, (row, score, name) in enumerate(zip(result.row_ids.tolist(), result.scores.tolist(), names)):
                 pk_probe = int(unit.pks[ok[probe_of[k]]])
-                if name.startswith(SYNTHETIC_PREFIX):
+                if is_synthetic(name):
                     found[pk_probe].append(NewCandidate(int(row), None, float(score), "gallery"))
                 elif name in real and real[name] in live:
                     found[pk_probe].append(NewCandidate(int(row), real[name], float(score), "gallery"))
@@ -306,12 +293,11 @@ class Runner:
         return cluster.search_shards(self._client, gallery.shard_paths(), probes, params, plan)
 
     def _in_flight(self, conn: psycopg.Connection[Any], unit_id: int) -> list[tuple[int, UnitTemplates]]:
-        rows = conn.execute("SELECT unit_id FROM run_units WHERE state = 'claimed' AND unit_id <> %s", (unit_id,)).fetchall()
         out = []
-        for r in rows:
-            path = self._work_file(int(r["unit_id"]))
+        for other in runs.other_claimed_units(conn, unit_id):
+            path = self._work_file(other)
             if path.exists():
-                out.append((int(r["unit_id"]), read_unit(path)))
+                out.append((other, read_unit(path)))
         return out
 
     def _decide(self, conn: psycopg.Connection[Any], unit_id: int, unit: UnitTemplates,
@@ -319,16 +305,12 @@ class Runner:
         counts = {"accepted": 0, "cases": 0, "rejected": 0}
         reasons: dict[str, int] = {}
         with conn.transaction():
-            state = conn.execute("SELECT state FROM run_units WHERE unit_id = %s FOR UPDATE", (unit_id,)).fetchone()["state"]
-            if state != "claimed":
+            if runs.lock_unit(conn, unit_id) != "claimed":
                 return
             for i, pk in enumerate(unit.pks.tolist()):
                 reason = unit.reasons[i]
                 if reason is not None:
-                    conn.execute(
-                        "UPDATE enrolments SET state = 'rejected', reason = %s, detail = %s, updated_at = now() WHERE enrolment_pk = %s",
-                        (reason, unit.details[i], pk),
-                    )
+                    runs.reject_enrolment(conn, pk, reason, unit.details[i])
                     counts["rejected"] += 1
                     reasons[reason] = reasons.get(reason, 0) + 1
                 elif candidates.get(pk):
@@ -339,8 +321,7 @@ class Runner:
                     counts["accepted"] += 1
                 if i == 0:
                     crash_point("run.deciding")  # mid-transaction: nothing of the unit may survive
-            conn.execute("UPDATE run_units SET state = 'decided', model_id = %s, updated_at = now() WHERE unit_id = %s",
-                         (unit.model_id, unit_id))
+            runs.mark_unit_decided(conn, unit_id, unit.model_id)
             audit.record(conn, SYSTEM.name, "run.decide", "unit", unit_id,
                          {**counts, "capped_probes": capped, "rejected_reasons": reasons, "started_by": self.actor.name})
         crash_point("run.decided")
@@ -361,8 +342,7 @@ class Runner:
             gallery = self.gallery(unit.model_id, unit.vectors.shape[1])
             gallery.add(unit.vectors[ok], [gallery_name(int(unit.pks[i])) for i in ok], model_id=unit.model_id)
         crash_point("run.added")
-        with conn.transaction():
-            conn.execute("UPDATE run_units SET state = 'done', updated_at = now() WHERE unit_id = %s", (unit_id,))
+        runs.mark_unit_done(conn, unit_id)
         self._work_file(unit_id).unlink(missing_ok=True)  # the templates live in the gallery now
         if ok.size:
             self._check_threshold(conn)
@@ -424,15 +404,6 @@ class Runner:
         return self._gallery
 
 
-def _live_enrolments(conn: psycopg.Connection[Any], pks: list[int]) -> set[int]:
-    """Which of these enrolments still stand in the gallery (accepted or in adjudication)."""
-    if not pks:
-        return set()
-    rows = conn.execute("SELECT enrolment_pk FROM enrolments WHERE enrolment_pk = ANY(%s) AND state = ANY(%s)",
-                        (pks, list(_GALLERY_STATES))).fetchall()
-    return {int(r["enrolment_pk"]) for r in rows}
-
-
 def write_unit(unit: UnitTemplates, path: Path) -> None:
     """Write a unit's templates atomically (biometric data: inside the store only)."""
     dim = unit.vectors.shape[1]
@@ -445,10 +416,9 @@ def write_unit(unit: UnitTemplates, path: Path) -> None:
         }
     ).replace_schema_metadata({"dedup.schema": "run_unit", "dedup.model_id": unit.model_id})
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+        os.chmod(tmp, 0o600)
 
 
 def read_unit(path: Path) -> UnitTemplates:
@@ -471,7 +441,7 @@ def fill_synthetic(dep: Deployment, n: int, model_id: str, dim: int, seed: int =
     They are marked synthetic by their ids everywhere they appear (candidates, cases) and
     never become enrolments. Repeating the call adds nothing (ids are the same).
     """
-    from dedup.synth import SynthSpec, SyntheticData, get_profile
+    from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
 
     data = SyntheticData(SynthSpec(get_profile("face-like", dim), gallery_size=n, queries=0, seed=seed))
     first = next(data.blocks())

@@ -8,13 +8,15 @@ writes is written with one of these, and every one it reads is checked against t
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 
 
 def templates_schema(dim: int) -> pa.Schema:
-    """Templates: one row per face that passed, from ``dedup embed`` or ``dedup.synth``.
+    """Templates: one row per face that passed, from ``dedup embed`` or ``dedup.bench.synth``.
 
     - ``source``: the photo's path as given, or ``synth:...`` for synthetic templates
     - ``model_id``: the face model that made the embedding; different models never compare
@@ -104,28 +106,56 @@ REPORT_SCHEMA = pa.schema(
 )
 
 
-def check_schema(actual: pa.Schema, expected: pa.Schema, what: str) -> None:
-    """Raise ``dedup.errors.BadInput`` naming every missing or mistyped column."""
+def check_schema(actual: pa.Schema, expected: pa.Schema, what: str,
+                 alternatives: Mapping[str, tuple[pa.DataType, ...]] | None = None) -> None:
+    """Raise ``dedup.errors.BadInput`` naming every missing or mistyped column.
+
+    The one schema check for every file dedup reads (manifests, templates, rejects). A column
+    may be nullable-absent; a type passes when it reads alike (see ``_reads_as``), or is one
+    of the column's ``alternatives`` (the manifest's photo: a path or the image bytes).
+    """
     from dedup.errors import BadInput
 
+    alternatives = alternatives or {}
     problems = []
     for f in expected:
         idx = actual.get_field_index(f.name)
         if idx < 0:
             if not f.nullable:
-                problems.append(f"missing column {f.name!r} ({f.type})")
+                problems.append(f"missing column {f.name!r} ({_describe(f.type, alternatives.get(f.name))})")
             continue
         got = actual.field(idx).type
-        if not got.equals(f.type) and not _compatible(got, f.type):
-            problems.append(f"column {f.name!r} is {got}, expected {f.type}")
+        allowed = alternatives.get(f.name)
+        ok = any(got.equals(t) for t in allowed) if allowed else _reads_as(got, f.type)
+        if not ok:
+            problems.append(f"column {f.name!r} is {got}, expected {_describe(f.type, allowed)}")
     if problems:
-        raise BadInput(f"{what}: wrong schema: " + "; ".join(problems))
+        name = (expected.metadata or {}).get(b"dedup.schema", b"").decode()
+        raise BadInput(f"{what}: wrong schema: " + "; ".join(problems) + (f" (see dedup.schemas, {name!r})" if name else ""))
 
 
-def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
-    # large_string / string and list / fixed_size_list of the same value type read alike.
-    if pa.types.is_string(want) and (pa.types.is_large_string(got) or pa.types.is_string(got)):
+def _reads_as(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether a column of type ``got`` reads as ``want``: the same type, any integer for an
+    integer, any timestamp (unit, zone: naive is UTC) for a timestamp, large_string for string,
+    a fixed-size list of the same size and value type."""
+    if got.equals(want):
         return True
+    if pa.types.is_integer(want):
+        return pa.types.is_integer(got)
+    if pa.types.is_timestamp(want):
+        return pa.types.is_timestamp(got)
+    if pa.types.is_string(want):
+        return pa.types.is_large_string(got)
     if pa.types.is_fixed_size_list(want) and pa.types.is_fixed_size_list(got):
         return got.list_size == want.list_size and got.value_type.equals(want.value_type)
     return False
+
+
+def _describe(want: pa.DataType, allowed: tuple[pa.DataType, ...] | None) -> str:
+    if allowed:
+        return " or ".join(str(t) for t in allowed)
+    if pa.types.is_integer(want):
+        return "an integer"
+    if pa.types.is_timestamp(want):
+        return "a timestamp"
+    return str(want)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dedup.bench import BenchSpec, load_job, run_bench
+from dedup.bench.gallery import BenchSpec, load_job, run_bench
 from dedup.cli import app
 from dedup.config import IndexSettings, Settings
 from dedup.errors import BadInput, InvalidParameter
@@ -82,7 +82,7 @@ def test_cli_writes_json_and_reports_errors_without_traceback(tmp_path: Path) ->
     runner = CliRunner()
     out = tmp_path / "report.json"
     result = runner.invoke(app, ["bench", "-n", "4000", "-q", "100", "--dim", "32", "--nlist", "32",
-                                 "--json", str(out)], env={"DEDUP_INDEX_PQ_M": "8"})
+                                 "--json-out", str(out)], env={"DEDUP_INDEX_PQ_M": "8"})
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["gallery_size"] == 4000 and "probes_per_s" in report["baselines"]["flat"]

@@ -62,3 +62,31 @@ def test_config_command(tmp_path: Path) -> None:
     (tmp_path / "dedup.toml").write_text("[search]\nnprobe = 0\n")
     result = CliRunner().invoke(app, ["config", "--home", str(tmp_path)])
     assert result.exit_code == 2 and "nprobe must be >= 1" in result.output and "Traceback" not in result.output
+
+
+def test_a_command_started_with_the_crash_variables_set_works(tmp_path: Path) -> None:
+    """DEDUP_CRASH_ONCE (read by dedup.faults) is not a setting: a `dedup` process started
+    with it set (as the Dask crash tests start their workers) must run, not exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DEDUP_CRASH_AT": "nowhere", "DEDUP_CRASH_ONCE": str(tmp_path / "once")}
+    env.pop("DEDUP_HOME", None)
+    proc = subprocess.run([sys.executable, "-m", "dedup.cli", "config", "--home", str(tmp_path), "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"name": "search.threshold"' in proc.stdout
+
+
+def test_every_non_setting_variable_read_by_dedup_is_registered() -> None:
+    """Every ``DEDUP_*`` name in dedup's source is a setting's variable or in the registry."""
+    from dedup.config import NON_SETTING_ENV, env_value
+
+    settings_env = {row["env"] for row in describe()}
+    named = {m for p in (ROOT / "dedup").rglob("*.py") for m in re.findall(r"\bDEDUP_[A-Z][A-Z0-9_]*[A-Z0-9]\b", p.read_text())}
+    placeholders = {"DEDUP_SECTION_FIELD"}  # the naming rule, as config.py's docstring spells it
+    unknown = named - settings_env - set(NON_SETTING_ENV) - placeholders
+    assert not unknown, f"register in config.NON_SETTING_ENV (or make them settings): {sorted(unknown)}"
+    with pytest.raises(KeyError, match="NON_SETTING_ENV"):
+        env_value("DEDUP_NOT_REGISTERED")

@@ -1,4 +1,4 @@
-"""dedup.synth: seeded synthetic templates with planted duplicates and groups.
+"""dedup.bench.synth: seeded synthetic templates with planted duplicates and groups.
 
 Properties (Hypothesis, on small galleries with a small block size so that several blocks
 are exercised): determinism, blocks that regenerate alone, ground truth that matches the
@@ -15,15 +15,24 @@ from unittest import mock
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from dedup.schemas import check_schema, templates_schema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dedup import synth
-from dedup.errors import InvalidParameter
-from dedup.schemas import check_schema, templates_schema
-from dedup.synth import (
-    PROFILES, TARGETS, Group, Probes, Profile, SynthSpec, SyntheticData, TemplateBlock, get_profile, write_parquet,
+from dedup.bench import synth
+from dedup.bench.synth import (
+    PROFILES,
+    TARGETS,
+    Group,
+    Probes,
+    Profile,
+    SyntheticData,
+    SynthSpec,
+    TemplateBlock,
+    get_profile,
+    write_parquet,
 )
+from dedup.errors import InvalidParameter
 
 SMALL = settings(max_examples=25, deadline=None)
 

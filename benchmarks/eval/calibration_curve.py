@@ -35,7 +35,7 @@ from dedup.evaluation.scores import genuine_scores, impostor_sample
 from dedup.evaluation.stats import wilson_interval
 from dedup.evaluation.tail import fit_tail, fmr_for_fpir, fpir_from_fmr
 from dedup.machine import machine_info
-from dedup.synth import SyntheticData, SynthSpec, get_profile
+from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
 
 SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 10**8, 10**9]
 RATE = 1_000_000  # enrolments per day

@@ -13,7 +13,8 @@ from pathlib import Path
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/eval/results")
     docs = [json.loads(p.read_text()) for p in sorted(folder.glob("calibration-*.json"))]
-    print("| profile | N | threshold (95% CI) | FNIR at it (95% CI) | FPIR at the documented threshold | cases/day at 1M/day, documented threshold |")
+    print("| profile | N | threshold (95% CI) | FNIR at it (95% CI) | FPIR at the documented threshold"
+          " | cases/day at 1M/day, documented threshold |")
     print("|---|---:|---|---|---:|---:|")
     for d in docs:
         for c in d["curve"]:

@@ -23,17 +23,17 @@ if len(sys.argv) > 1 and sys.argv[1] == "cpu":
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import io
+import json
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageEnhance  # noqa: E402
+import numpy as np
+from PIL import Image, ImageEnhance
 
 
 def machine() -> dict[str, object]:
@@ -210,7 +210,8 @@ def run_gpu(out: Path) -> dict[str, object]:
             set_tf32(tf32)
             gpu_model.embed(data, batch_size=batch)  # warm-up (cuDNN picks algorithms)
             torch.cuda.synchronize()
-            seconds = best_of(lambda: (gpu_model.embed(data, batch_size=batch), torch.cuda.synchronize()), 5, time.perf_counter)
+            seconds = best_of(lambda data=data, batch=batch: (gpu_model.embed(data, batch_size=batch), torch.cuda.synchronize()),
+                              5, time.perf_counter)
             diff = float(np.abs(gpu_model.embed(data[:64], batch_size=64) - reference).max())
             rows.append({"batch": batch, "tf32": tf32, "chips_per_s": round(batch / seconds, 1), "max_abs_diff_vs_cpu": diff})
     set_tf32(False)

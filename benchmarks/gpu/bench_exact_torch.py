@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from dedup.index.exact import ExactConfig, ExactIndex, device_memory_needed  # noqa: E402
+from dedup.index.exact import ExactConfig, ExactIndex, device_memory_needed
 
 TARGET_PROBES_PER_S = 20_000
 
@@ -188,7 +188,7 @@ def main() -> None:
         out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
     best_cfg: ExactConfig | None = None
-    for i, n in enumerate(sizes):
+    for n in sizes:
         entry: dict[str, Any] = {"templates": n}
         report["sizes"].append(entry)
         try:

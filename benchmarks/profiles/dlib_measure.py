@@ -40,7 +40,7 @@ class Dlib:
     net: object
 
     @classmethod
-    def load(cls) -> "Dlib":
+    def load(cls) -> Dlib:
         import dlib
 
         d = model_dir()
@@ -198,10 +198,10 @@ def degrade_like_lfw(img: np.ndarray, box, frame: np.ndarray) -> np.ndarray:
     """
     from skimage.transform import resize
 
-    l, t, r, b = frame
-    side = (box.right() - box.left()) / (r - l)
-    x0 = box.left() - l * side
-    y0 = box.top() - t * side
+    left, top, right, _ = frame
+    side = (box.right() - box.left()) / (right - left)
+    x0 = box.left() - left * side
+    y0 = box.top() - top * side
     pad = int(side) + 2
     grey = np.asarray(img, dtype=np.float64).mean(axis=-1) / 255.0
     padded = np.pad(grey, pad, mode="edge")

@@ -9,7 +9,7 @@ Steps (``README.md`` in this folder explains them and the numbers):
 3. the crowding correction: the same captures degraded to look like lfw_subset faces
    (framing, grey, 25x25) crowd together; the ratio of impostor distances before and after
    degradation rescales the LFW impostor distribution;
-4. a Nelder-Mead fit of the profile's weights so that ``dedup.synth`` reproduces the
+4. a Nelder-Mead fit of the profile's weights so that ``dedup.bench.synth`` reproduces the
    corrected impostor targets and the genuine (augmented-capture) targets;
 5. dlib's Euclidean 0.6 rule as a cosine threshold.
 
@@ -38,7 +38,7 @@ from dlib_measure import (  # noqa: E402
 )
 from profile_stats import pair_cosines, simulate, spectrum, spectrum_of_samples, summary, unit  # noqa: E402
 
-from dedup.synth import PROFILES  # noqa: E402
+from dedup.bench.synth import PROFILES  # noqa: E402
 
 DLIB_EUCLIDEAN_THRESHOLD = 0.6  # dlib's documented rule for "same person" (dnn_face_recognition_ex.cpp)
 DLIB_LFW_ACCURACY = 0.9938      # dlib's published LFW accuracy for this model

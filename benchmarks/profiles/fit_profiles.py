@@ -5,7 +5,7 @@
 
 Prints each profile's genuine and impostor statistics, its false-match rate at its threshold
 (over all impostor pairs and within each group) and its false non-match rate, compares them
-with ``dedup.synth.TARGETS``, and writes ``results/profiles-check.json`` (and, with
+with ``dedup.bench.synth.TARGETS``, and writes ``results/profiles-check.json`` (and, with
 ``--fit-arcface``, ``results/arcface-like-fit.json``) with the machine it ran on.
 Takes about a minute on one core (the arcface-like fit a few more).
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_face_like import machine  # noqa: E402
 from profile_stats import profile_report, simulate  # noqa: E402
 
-from dedup.synth import PROFILES, TARGETS, get_profile  # noqa: E402
+from dedup.bench.synth import PROFILES, TARGETS, get_profile  # noqa: E402
 
 # ArcFace-class targets (issue 2): impostor cosine centred near 0 with sd 0.05-0.07, genuine
 # mostly 0.5-0.8, and a published operating point of cosine ~0.28 at FMR 0.1% on LFW.

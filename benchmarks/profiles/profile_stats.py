@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dedup.synth import Profile, SynthSpec, SyntheticData
+from dedup.bench.synth import Profile, SynthSpec, SyntheticData
 
 PERCENTILES = (1, 5, 10, 50, 90, 95, 99, 99.9)
 
@@ -62,7 +62,7 @@ def spectrum_of_samples(vectors: np.ndarray, size: int = 100, repeats: int = 20,
 
 
 def simulate(profile: Profile, gallery: int = 4000, probes: int = 4000, seed: int = 0) -> dict:
-    """Genuine and impostor scores of a profile, straight from ``dedup.synth``.
+    """Genuine and impostor scores of a profile, straight from ``dedup.bench.synth``.
 
     Genuine: each mated probe against its gallery mate (no planted duplicates, so one mate).
     Impostor: every non-mated probe against every gallery row; ``same_group`` marks pairs

@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def write_captures(folder: Path, n: int, seed: int) -> tuple[Path, dict[str, int
             capture(bases[src], rng).save(photos / name, quality=int(rng.integers(60, 96)))
         counts[src] += 1
         rows.append((f"{src}-{i:06d}", f"photos/{name}"))
-    when = dt.datetime(2024, 6, 1, 9, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 6, 1, 9, 0, tzinfo=dt.UTC)
     pq.write_table(pa.table({
         "enrolment_id": [r[0] for r in rows], "centre_id": [CENTRE] * len(rows),
         "captured_at": pa.array([when + dt.timedelta(seconds=i) for i in range(len(rows))], pa.timestamp("us", tz="UTC")),
@@ -201,7 +202,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from dedup.store.centres import add_centre
     from dedup.store.users import authenticate
 
-    doc: dict[str, Any] = {"benchmark": "dedup-run", "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    doc: dict[str, Any] = {"benchmark": "dedup-run", "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            "machine": machine(), "load_average": {"start": load()},
                            "arguments": {k: v for k, v in vars(args).items() if k != "out"}}
     root = Path(tempfile.mkdtemp(prefix="dedup-bench-run-", dir=args.tmp))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass
@@ -35,6 +34,8 @@ from dedup.errors import BadInput, ConfigError, InvalidParameter
 from dedup.evaluation.scores import GenuineScores, ImpostorSample, impostor_sample, sample_rows
 from dedup.evaluation.stats import wilson_interval
 from dedup.evaluation.tail import TailModel, fmr_for_fpir, fpir_from_fmr
+from dedup.fsutil import atomic_write_text, existing_mode
+from dedup.ids import gallery_name
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1
@@ -113,7 +114,7 @@ def sample_deployment_impostors(home: Path, n_pairs: int, rng: np.random.Generat
     """
     from dedup.deployment import open_deployment
     from dedup.index.gallery import Gallery
-    from dedup.pipeline import gallery_name
+    from dedup.store.gallery_members import accepted_enrolment_pks, uins_of
 
     home = Path(home)
     if not has_database(home):
@@ -124,15 +125,12 @@ def sample_deployment_impostors(home: Path, n_pairs: int, rng: np.random.Generat
         raise BadInput(f"{home}: the deployment has no gallery yet (`dedup run` makes it); pass --templates FILE")
     gallery = Gallery.open(dep.gallery, dep.settings.index)
     with dep.database.session() as conn:
-        pks = np.array([r["enrolment_pk"] for r in conn.execute(
-            "SELECT enrolment_pk FROM enrolments WHERE state = 'accepted' AND uin IS NOT NULL ORDER BY enrolment_pk")],
-            dtype=np.int64)
+        pks = np.array(accepted_enrolment_pks(conn), dtype=np.int64)
         if pks.size < 2:
             raise BadInput(f"{home}: {pks.size} accepted identities; impostor pairs need at least 2 "
                            "(pass --templates FILE until the deployment has more)")
         chosen = pks[sample_rows(int(pks.size), n_pairs, rng)[0]]
-        uin_of = {int(r["enrolment_pk"]): r["uin"] for r in conn.execute(
-            "SELECT enrolment_pk, uin FROM enrolments WHERE enrolment_pk = ANY(%s)", (chosen.tolist(),))}
+        uin_of = uins_of(conn, chosen.tolist())
     rows = gallery.find_enrolments([gallery_name(int(pk)) for pk in chosen])
     present = [int(pk) for pk in chosen if gallery_name(int(pk)) in rows]  # a unit decided but not yet added: skipped
     if len(present) < 2:
@@ -250,7 +248,7 @@ def save_calibration(home: Path, calibration: Calibration, tail: TailModel) -> P
     path = Path(home) / CALIBRATION_FILE
     doc = {"version": CALIBRATION_VERSION, "written_at": datetime.now(timezone.utc).isoformat(),
            "calibration": calibration.to_dict(), "tail": tail.to_dict()}
-    _write_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n", existing_mode(path, 0o600))
     return path
 
 
@@ -312,8 +310,7 @@ def apply_threshold(home: Path, threshold: float, target_fpir: float) -> Path:
     expected.setdefault("calibration", {})["target_fpir"] = float(target_fpir)
     if after != expected:
         raise ConfigError(f"{path}: could not update the threshold without changing other settings; edit it by hand")
-    tmp = path.with_name(path.name + ".tmp")
-    _write_atomic(path, text, tmp)
+    atomic_write_text(path, text, existing_mode(path, 0o600))
     load_settings(home, environ={})   # the written file must load
     return path
 
@@ -341,17 +338,6 @@ def set_toml_value(text: str, section: str, key: str, literal: str) -> str:
             last = i
     lines.insert(last + 1, f"{key} = {literal}")
     return "\n".join(lines) + "\n"
-
-
-def _write_atomic(path: Path, text: str, tmp: Path | None = None) -> None:
-    tmp = tmp or path.with_name(path.name + ".tmp")
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 @dataclass

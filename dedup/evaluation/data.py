@@ -1,8 +1,8 @@
 """Labelled evaluation sets: templates with identity and group labels.
 
 Read from templates Parquet (``schemas.templates_schema``: what ``dedup embed`` and
-``dedup.synth.write_parquet`` write; several files are one set, identities shared by label),
-or made in memory from ``dedup.synth`` data. Labels become integer codes; the labels
+``dedup.bench.synth.write_parquet`` write; several files are one set, identities shared by label),
+or made in memory from ``dedup.bench.synth`` data. Labels become integer codes; the labels
 themselves are never reported, only group names and counts.
 """
 
@@ -78,7 +78,7 @@ def load_templates(paths: list[Path]) -> LabelledSet:
         idx = schema.get_field_index("embedding")
         if idx < 0 or not pa.types.is_fixed_size_list(schema.field(idx).type):
             raise BadInput(f"{path}: wrong schema: no fixed-size 'embedding' column; expected a templates file "
-                           "(written by `dedup embed` or dedup.synth)")
+                           "(written by `dedup embed` or dedup.bench.synth)")
         d = schema.field(idx).type.list_size
         check_schema(schema, templates_schema(d), str(path))
         if schema.get_field_index("identity") < 0:

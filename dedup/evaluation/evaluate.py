@@ -17,10 +17,8 @@ import numpy as np
 
 from dedup.errors import InvalidParameter
 from dedup.evaluation.data import LabelledSet
-from dedup.evaluation.identification import (IdentificationPoint, SearchOutcome, fnir_at, fnir_at_fpir, fpir_at,
-                                             rank1, search_prefixes, split_for_search)
-from dedup.evaluation.metrics import (DetCurve, GroupRow, OperatingPoint, det_curve, empirical_threshold,
-                                      fnmr_at_fmr, per_group)
+from dedup.evaluation.identification import IdentificationPoint, SearchOutcome, fnir_at, fnir_at_fpir, fpir_at, rank1, search_prefixes, split_for_search
+from dedup.evaluation.metrics import DetCurve, GroupRow, OperatingPoint, det_curve, empirical_threshold, fnmr_at_fmr, per_group
 from dedup.evaluation.scores import GenuineScores, ImpostorSample, ProgressFn, genuine_scores, impostor_sample
 from dedup.evaluation.stats import wilson_interval
 from dedup.evaluation.tail import TailModel, fit_tail, fpir_from_fmr
@@ -144,7 +142,7 @@ class EvalResult:
 def operating_threshold(model_id: str) -> float | None:
     """The documented operating point of a known model id (synthetic profiles; the face module's model)."""
     if model_id.startswith("synthetic:"):
-        from dedup.synth import PROFILES
+        from dedup.bench.synth import PROFILES
 
         name = model_id.split(":")[1]
         if name in PROFILES:

@@ -14,6 +14,7 @@ import numpy as np
 from dedup.errors import InsufficientResources
 from dedup.evaluation.evaluate import EvalResult
 from dedup.evaluation.scores import BIN, EDGES
+from dedup.fsutil import atomic_path, atomic_write_text
 
 
 def write_report(result: EvalResult, out_dir: Path) -> dict[str, Path]:
@@ -22,9 +23,7 @@ def write_report(result: EvalResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_plots(result, out_dir)
     md = out_dir / "report.md"
-    tmp = md.with_name(md.name + ".tmp")
-    tmp.write_text(render_markdown(result, {k: p.name for k, p in paths.items()}), encoding="utf-8")
-    tmp.replace(md)
+    atomic_write_text(md, render_markdown(result, {k: p.name for k, p in paths.items()}))
     return {"report": md, **paths}
 
 
@@ -149,10 +148,9 @@ def _log_axes(ax, plotted: bool) -> None:  # type: ignore[no-untyped-def]
 
 def _save(fig, path: Path, plt) -> Path:  # type: ignore[no-untyped-def]
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

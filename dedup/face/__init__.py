@@ -6,7 +6,7 @@ is dlib's Euclidean 0.6 rule expressed on L2-normalised templates, and
 :func:`default_model_id` names the default model without loading it.
 
 Heavy parts (torch, dlib) are imported on first use, so importing this package is cheap
-and worker processes that only detect faces never import torch.
+and worker processes that detect faces with HOG never import torch.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ _LAZY = {
     "PhotoBytes": "dedup.face.prepare",
 }
 
-__all__ = ["DEFAULT_COSINE_THRESHOLD", "DLIB_DISTANCE_THRESHOLD", "cosine_for_distance", *_LAZY]
+# Spelled out (not ``*_LAZY``) so that linters see the lazy names as exported.
+__all__ = ["DEFAULT_COSINE_THRESHOLD", "DLIB_DISTANCE_THRESHOLD", "cosine_for_distance",
+           "EmbedResult", "PhotoResult", "embed_photos", "FaceModel", "default_model_id", "load_model", "PhotoBytes"]
 
 
 def __getattr__(name: str) -> Any:

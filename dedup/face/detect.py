@@ -41,6 +41,7 @@ class Detection:
     landmarks: np.ndarray  # (5, 2) float64 x, y: image-right eye outer, inner; image-left eye outer, inner; nose
     faces_found: int
     shape: dlib.full_object_detection  # dlib's landmark object, for chip extraction (not picklable)
+    points5: np.ndarray | None = None  # RetinaFace's own 5 landmarks (ArcFace order), when it detected
 
 
 class FaceDetector:
@@ -87,7 +88,8 @@ class FaceDetector:
             if ratio < self.params.multi_face_area_ratio:
                 raise Rejected(
                     reasons.MULTIPLE_FACES,
-                    f"{len(counted)} faces; the largest is {ratio:.2f}x the area of the next < {self.params.multi_face_area_ratio:g}x needed to keep it",
+                    f"{len(counted)} faces; the largest is {ratio:.2f}x the area of the next"
+                    f" < {self.params.multi_face_area_ratio:g}x needed to keep it",
                 )
         rect = rects[best]
         shape = self._predictor(np.ascontiguousarray(rgb), rect)

@@ -179,6 +179,7 @@ def _fold(conv: ConvRecord, affine: AffineRecord) -> nn.Conv2d:
     gamma = affine.gamma.astype(np.float64)
     weight = conv.weight.astype(np.float64) * gamma[:, None, None, None]
     bias = conv.bias.astype(np.float64) * gamma + affine.beta.astype(np.float64)
+    assert layer.bias is not None  # bias=True above
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
         layer.bias.copy_(torch.from_numpy(bias.astype(np.float32)))

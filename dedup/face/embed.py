@@ -28,6 +28,7 @@ from dedup.face import reasons
 from dedup.face.model import FaceModel, ModelSpec, load_model, model_id_for
 from dedup.face.prepare import PhotoInput, Prepared, Preparer, init_worker, prepare_in_worker, source_name
 from dedup.face.quality import QualityReport
+from dedup.fsutil import atomic_path
 from dedup.schemas import REJECTS_SCHEMA, templates_schema
 
 ProgressFn = Callable[[int, int], None]  # (photos done, photos in all)
@@ -110,18 +111,16 @@ class EmbedResult:
 
     def write(self, templates_path: Path, rejects_path: Path) -> None:
         """Write both Parquet files, each atomically (temporary file, then rename)."""
-        _write_atomic(self.templates_table(), templates_path)
-        _write_atomic(self.rejects_table(), rejects_path)
+        _write_parquet(self.templates_table(), templates_path)
+        _write_parquet(self.rejects_table(), rejects_path)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
+def _write_parquet(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise BadInput(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

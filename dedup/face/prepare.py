@@ -10,17 +10,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from dedup.config import FaceSettings
 from dedup.face import reasons
 from dedup.face.align import QUALITY_CHIP_PADDING, QUALITY_CHIP_SIZE, face_chip
+from dedup.face.arcface_align import arcface_chip
 from dedup.face.decode import DecodeLimits, decode_image, read_source_bytes
 from dedup.face.detect import DetectParams, FaceDetector
 from dedup.face.quality import QualityLimits, QualityReport, check, measure, score
 from dedup.face.reasons import Rejected
+
+if TYPE_CHECKING:
+    from dedup.face.detect_retina import RetinaDetector
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Preparer:
             settings.min_inter_eye, settings.min_sharpness, settings.min_brightness,
             settings.max_brightness, settings.max_roll, settings.max_yaw,
         )
-        self.detector = FaceDetector(DetectParams(settings.detect_max_side, settings.detect_upsample, settings.multi_face_area_ratio, settings.multi_face_min_score))
+        self.detector = make_detector(settings)
 
     def prepare(self, item: PhotoInput) -> Prepared:
         """Decode, detect, align and check one photo; failures come back as data."""
@@ -78,8 +82,12 @@ class Preparer:
             report = measure(found.landmarks, qchip)
             check(report, self.quality_limits)
             s = self.settings
-            same_geometry = s.input_size == QUALITY_CHIP_SIZE and s.align_padding == QUALITY_CHIP_PADDING
-            chip = qchip if same_geometry else face_chip(rgb, found.shape, s.input_size, s.align_padding)
+            if s.model == "sface":
+                assert found.points5 is not None  # config requires detector retinaface for sface
+                chip = arcface_chip(rgb, found.points5)
+            else:
+                same_geometry = s.input_size == QUALITY_CHIP_SIZE and s.align_padding == QUALITY_CHIP_PADDING
+                chip = qchip if same_geometry else face_chip(rgb, found.shape, s.input_size, s.align_padding)
             return Prepared(name, None, "", chip, score(report, self.quality_limits), report, landmarks)
         except Rejected as rej:
             return Prepared(name, rej.reason, rej.detail, None, 0.0, report, landmarks)
@@ -90,14 +98,32 @@ class Preparer:
             return Prepared(name, reasons.PROCESSING_ERROR, f"{type(exc).__name__}: {text}", None, 0.0, report, landmarks)
 
 
+def make_detector(settings: FaceSettings) -> FaceDetector | RetinaDetector:
+    """The detector the settings name (RetinaFace: float32 on this process's CPU)."""
+    if settings.detector == "retinaface":
+        from dedup.face.detect_retina import RetinaDetector, RetinaParams
+
+        return RetinaDetector(RetinaParams(
+            settings.retinaface_max_side, settings.retinaface_min_score,
+            settings.retinaface_multi_face_min_score, settings.retinaface_multi_face_area_ratio,
+        ))
+    return FaceDetector(DetectParams(settings.detect_max_side, settings.detect_upsample, settings.multi_face_area_ratio,
+                                     settings.multi_face_min_score))
+
+
 # Worker-process entry points for embed's process pool. They live here, not in embed.py,
-# so a spawned worker imports dlib and Pillow but not torch.
+# so a spawned worker imports dlib and Pillow but not torch (unless it runs RetinaFace).
 _WORKER: Preparer | None = None
 
 
 def init_worker(settings: FaceSettings) -> None:
     """Pool initializer: build this process's Preparer (dlib models) once."""
     global _WORKER
+    if settings.detector == "retinaface":
+        import torch
+
+        # One process per core already: a torch thread pool in each would oversubscribe.
+        torch.set_num_threads(1)
     _WORKER = Preparer(settings)
 
 

@@ -71,7 +71,8 @@ def measure(landmarks: np.ndarray, chip: np.ndarray) -> QualityReport:
     h, w = grey.shape
     y0, y1, x0, x1 = h // 4, h - h // 4, w // 4, w - w // 4
     centre = grey[y0:y1, x0:x1]
-    lap = grey[y0 - 1 : y1 - 1, x0:x1] + grey[y0 + 1 : y1 + 1, x0:x1] + grey[y0:y1, x0 - 1 : x1 - 1] + grey[y0:y1, x0 + 1 : x1 + 1] - 4.0 * centre
+    lap = (grey[y0 - 1 : y1 - 1, x0:x1] + grey[y0 + 1 : y1 + 1, x0:x1]
+           + grey[y0:y1, x0 - 1 : x1 - 1] + grey[y0:y1, x0 + 1 : x1 + 1] - 4.0 * centre)
     spread = float(centre.std())
     sharpness = 100.0 * float(lap.std()) / spread if spread > 1e-6 else 0.0
     return QualityReport(inter_eye, roll, yaw, float(centre.mean()), sharpness)

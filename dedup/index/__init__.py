@@ -12,6 +12,8 @@ Public surface (other modules import only these names):
   shard and merges.
 - ``SearchParams``: threshold, nprobe, depth, max_depth, max_candidates, deepen_margin.
 - ``Candidates`` / ``merge``: results in CSR form and the one merge used everywhere.
+- ``check_probes`` (``dedup.index.probes``): the one probe check of every search (IVF-PQ,
+  exact torch, Dask).
 """
 
 from dedup.index.results import Candidates, concat, merge

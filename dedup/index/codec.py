@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dedup.errors import GalleryError, InvalidParameter
-from dedup.index.atomic import atomic_write_text, fsync_path
+from dedup.fsutil import atomic_path, atomic_write_text
 
 CODEC_FORMAT = 1
 
@@ -133,10 +132,8 @@ class Codec:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        fsync_path(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(self._index, str(tmp))
         meta = {"format": CODEC_FORMAT, "version": self.version, **asdict(self.spec)}
         atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2))
 

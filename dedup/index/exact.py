@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from dedup.errors import InsufficientResources, InvalidParameter
+from dedup.index.probes import check_probes
 from dedup.index.results import Candidates
 
 # Proposal margins: how far below the threshold a low-precision score may fall and still be
@@ -40,7 +41,6 @@ from dedup.index.results import Candidates
 MARGIN = {"float16": 1.0 / 128, "float32": 1e-4}
 # Largest number of (probe, row) pairs re-scored at once (bounds the gather's memory).
 _MAX_PAIRS = 1 << 21
-_NORM_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,6 @@ class ExactIndex:
 
     def _chunks(self) -> Iterator[tuple["object", "object", "object"]]:
         """(vectors in the storage dtype, row ids, live mask or None) per chunk, on the device."""
-        import torch
 
         step = self.config.chunk_rows
         for lo in range(0, self.n, step):
@@ -258,7 +257,7 @@ class ExactIndex:
         ``max_candidates`` (the probe marked ``capped`` when more reached it)."""
         import torch
 
-        probes = _check_probes(probes, self.dim)
+        probes = check_probes(probes, self.dim)
         if max_candidates < 1:
             raise InvalidParameter(f"max_candidates must be >= 1, got {max_candidates}")
         if not -1.0 <= threshold <= 1.0:
@@ -325,19 +324,6 @@ def _nonzero_2d(mask: "object") -> tuple["object", "object"]:
     else:
         flat = mask.reshape(-1).nonzero().squeeze(1)
     return flat // cols, flat % cols
-
-
-def _check_probes(probes: np.ndarray, dim: int) -> np.ndarray:
-    probes = np.ascontiguousarray(probes, dtype=np.float32)
-    if probes.ndim != 2 or probes.shape[1] != dim:
-        raise InvalidParameter(f"probes must have shape (n, {dim}), got {probes.shape}")
-    if probes.size:
-        if not np.isfinite(probes).all():
-            raise InvalidParameter("probes contain NaN or infinite values")
-        norms = np.linalg.norm(probes, axis=1)
-        if np.abs(norms - 1.0).max() > _NORM_TOLERANCE:
-            raise InvalidParameter("probes must be L2-normalised templates (a norm differs from 1 by more than 0.01)")
-    return probes
 
 
 class _BlockState:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -30,11 +29,12 @@ import numpy as np
 
 from dedup.config import IndexSettings
 from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
-from dedup.index.atomic import atomic_write_text, fsync_path
+from dedup.faults import crash_point
+from dedup.fsutil import atomic_write_text
 from dedup.index.codec import Codec, CodecSpec, choose_pq_m, fit_nlist
-from dedup.index.crash import crash_point
 from dedup.index.memory import check_fits, gallery_budget
 from dedup.index.params import SearchParams
+from dedup.index.probes import check_probes
 from dedup.index.results import Candidates, concat, merge
 from dedup.index.shard import Shard, ShardWriter
 
@@ -65,22 +65,6 @@ class Manifest:
             return Manifest(**data)
         except (TypeError, ValueError, KeyError) as exc:
             raise GalleryError(f"{where}: unreadable gallery manifest ({exc})") from None
-
-
-def check_probes(probes: np.ndarray, dim: int) -> np.ndarray:
-    """Probes as contiguous float32 (n, dim) unit vectors, or a clear error."""
-    probes = np.asarray(probes)
-    if probes.ndim == 1:
-        probes = probes[None, :]
-    if probes.ndim != 2 or probes.shape[1] != dim:
-        raise InvalidParameter(f"probes must be (n, {dim}) vectors, got shape {probes.shape}")
-    probes = np.ascontiguousarray(probes, dtype=np.float32)
-    if not np.isfinite(probes).all():
-        raise InvalidParameter("probes contain NaN or infinite values")
-    norms = np.linalg.norm(probes, axis=1)
-    if probes.shape[0] and np.abs(norms - 1.0).max() > 1e-3:
-        raise InvalidParameter("probes must be L2-normalised templates (a norm differs from 1 by more than 1e-3)")
-    return probes
 
 
 class Gallery:
@@ -287,7 +271,6 @@ class Gallery:
         atomic_write_text(gen_dir / name, manifest.to_json())
         crash_point("gallery.manifest_written")
         atomic_write_text(self.root / "CURRENT", name)
-        fsync_path(self.root)
         crash_point("gallery.switched")
         self.manifest = manifest
         self._id_map = None

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from dedup.errors import GalleryError, InvalidParameter
-from dedup.index.atomic import atomic_write_text, fsync_path
+from dedup.faults import crash_point
+from dedup.fsutil import atomic_write_text, fsync_path
 from dedup.index.codec import Codec
-from dedup.index.crash import crash_point
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
 

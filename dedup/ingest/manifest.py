@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dedup.errors import BadInput
-from dedup.schemas import MANIFEST_PHOTO_TYPES, MANIFEST_SCHEMA
+from dedup.schemas import MANIFEST_PHOTO_TYPES, MANIFEST_SCHEMA, check_schema
 
 ENROLMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 SEXES = {"F", "M", "X"}
@@ -59,7 +59,7 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         raise BadInput(f"{path}: no such file") from None
     except (pa.ArrowException, OSError) as exc:
         raise BadInput(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:200]})") from None
-    check_manifest_schema(table.schema, str(path))
+    check_schema(table.schema, MANIFEST_SCHEMA, str(path), {"photo": MANIFEST_PHOTO_TYPES})
     if table.num_rows > MAX_ROWS:
         raise BadInput(f"{path}: {table.num_rows} rows; a batch holds at most {MAX_ROWS}")
     cols = {name: table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
@@ -77,44 +77,6 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         )
         for i in range(table.num_rows)
     ]
-
-
-def check_manifest_schema(schema: pa.Schema, what: str) -> None:
-    """Raise BadInput (``wrong schema: ...``) naming every missing or mistyped column."""
-    problems = []
-    for f in MANIFEST_SCHEMA:
-        idx = schema.get_field_index(f.name)
-        if idx < 0:
-            if not f.nullable:
-                problems.append(f"missing column {f.name!r}")
-            continue
-        got = schema.field(idx).type
-        if not _type_ok(f.name, got, f.type):
-            problems.append(f"column {f.name!r} is {got}, expected {_expected(f.name, f.type)}")
-    if problems:
-        raise BadInput(f"{what}: wrong schema: " + "; ".join(problems) + " (see dedup.schemas.MANIFEST_SCHEMA)")
-
-
-def _type_ok(name: str, got: pa.DataType, want: pa.DataType) -> bool:
-    if name == "photo":
-        return any(got.equals(t) for t in MANIFEST_PHOTO_TYPES)
-    if pa.types.is_timestamp(want):
-        return pa.types.is_timestamp(got)
-    if pa.types.is_integer(want):
-        return pa.types.is_integer(got)
-    if pa.types.is_string(want):
-        return pa.types.is_string(got) or pa.types.is_large_string(got)
-    return got.equals(want)
-
-
-def _expected(name: str, want: pa.DataType) -> str:
-    if name == "photo":
-        return "string (a path) or binary (the image bytes)"
-    if pa.types.is_timestamp(want):
-        return "a timestamp"
-    if pa.types.is_integer(want):
-        return "an integer"
-    return str(want)
 
 
 def _as_utc(value: Any) -> dt.datetime | None:

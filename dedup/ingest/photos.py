@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from dedup.errors import NotFound, StoreError
+from dedup.fsutil import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,14 @@ def check_image(data: bytes, max_pixels: int) -> ImageCheck:
     return ImageCheck(True, width=width, height=height)
 
 
+PHOTOS_DIR = "photos"
+
+
+def photo_store(store: Path) -> PhotoStore:
+    """The photo store inside a deployment's store folder (``store/photos``): the one place that says where photos live."""
+    return PhotoStore(Path(store) / PHOTOS_DIR)
+
+
 class PhotoStore:
     """Photos by content hash under ``root`` (the deployment's ``store/photos``)."""
 
@@ -74,17 +81,7 @@ class PhotoStore:
         if target.exists() and target.stat().st_size == len(data):
             return digest
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".in-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(target, data, mode=0o600)  # biometric data: the operator only
         return digest
 
     def read(self, sha256: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -10,6 +9,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from dedup.fsutil import atomic_path
 from dedup.schemas import REPORT_SCHEMA
 from dedup.store.batches import EnrolmentState
 
@@ -36,9 +36,8 @@ def write_report(states: Sequence[EnrolmentState], out: Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = report_table(states)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".parquet":
-        pq.write_table(table, tmp)
-    else:
-        pacsv.write_csv(table, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        if out.suffix == ".parquet":
+            pq.write_table(table, tmp)
+        else:
+            pacsv.write_csv(table, tmp)

@@ -20,13 +20,11 @@ import psycopg
 
 from dedup.deployment import Deployment
 from dedup.ingest.manifest import ManifestRow, Rejection, check_fields, read_manifest, resolve_photo_path
-from dedup.ingest.photos import PhotoStore, check_image
+from dedup.ingest.photos import PhotoStore, check_image, photo_store
 from dedup.store import audit, batches
 from dedup.store.centres import known_centres
+from dedup.store.locks import lock_submissions
 from dedup.store.users import Actor, authorize
-
-# Advisory lock key serialising submissions (an arbitrary constant).
-_SUBMIT_LOCK = 0x7375626D6974  # "submit"
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,13 @@ def submit_batch(dep: Deployment, conn: psycopg.Connection[Any], actor: Actor, m
         return existing, False
     rows = read_manifest(manifest)
     now = dt.datetime.now(dt.timezone.utc)
-    store = PhotoStore(dep.store / "photos")
+    store = photo_store(dep.store)
     limits = dep.settings.store
 
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SUBMIT_LOCK,))
+        # Per centre: a centre's token submits for its own centre only (other rows are refused).
+        named = {r.centre_id for r in rows if isinstance(r.centre_id, str)}
+        lock_submissions(conn, batch_id, {actor.centre_id} if actor.centre_id else named)
         existing = batches.get_receipt(conn, batch_id)  # a concurrent submit of the same file won
         if existing is not None:
             batches.check_batch_access(actor, existing.centre_id, batch_id)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
+from dedup.bidi import check_id
 from dedup.errors import NotFound, PermissionDenied
 from dedup.store import audit
 from dedup.store.users import Actor, authorize
@@ -32,8 +33,8 @@ class ReceiptRow:
     row: int
     enrolment_id: str | None
     centre_id: str | None
-    status: str  # accepted | rejected
-    reason: str | None
+    status: Literal["accepted", "rejected"]
+    reason: str | None  # stable reason code of a rejected row (see the README)
     detail: str | None
 
 
@@ -66,14 +67,14 @@ class EnrolmentState:
     row: int
     enrolment_id: str | None
     centre_id: str | None
-    state: str
-    reason: str | None = None
-    detail: str | None = None
-    uin: str | None = None
-    duplicate_of: str | None = None
-    case_id: int | None = None
-    captured_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
+    state: Literal["received", "processing", "accepted", "adjudication", "duplicate", "recapture", "rejected"]
+    reason: str | None
+    detail: str | None
+    uin: str | None
+    duplicate_of: str | None
+    case_id: int | None
+    captured_at: dt.datetime | None
+    updated_at: dt.datetime | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form with stable keys."""
@@ -81,6 +82,22 @@ class EnrolmentState:
         for k in ("captured_at", "updated_at"):
             d[k] = d[k].isoformat() if d[k] is not None else None
         return d
+
+
+@dataclass(frozen=True)
+class BatchOutcomes:
+    """Every row of a batch with its current state."""
+
+    batch_id: str
+    rows: list[EnrolmentState]
+
+
+@dataclass(frozen=True)
+class EnrolmentOutcomes:
+    """The outcome(s) of an enrolment id."""
+
+    enrolment_id: str
+    outcomes: list[EnrolmentState]
 
 
 # ---------------------------------------------------------------- writes (submission)
@@ -105,6 +122,7 @@ def insert_enrolment(conn: psycopg.Connection[Any], batch_id: str, row: int, cen
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING enrolment_pk""",
         (centre_id, enrolment_id, batch_id, row, captured_at, photo_sha256, sex, birth_year, region),
     ).fetchone()
+    assert got is not None  # INSERT ... RETURNING
     return int(got["enrolment_pk"])
 
 
@@ -158,6 +176,7 @@ _STATE_SQL = """
 SELECT r.batch_id, r.row_index, r.enrolment_id, r.centre_id, r.accepted, r.reason AS row_reason, r.detail AS row_detail,
        e.state, e.reason, e.detail, e.uin, e.duplicate_of, e.captured_at, e.updated_at, c.case_id
 FROM batch_rows r
+JOIN batches b ON b.batch_id = r.batch_id
 LEFT JOIN enrolments e ON e.enrolment_pk = r.enrolment_pk
 LEFT JOIN cases c ON c.enrolment_pk = e.enrolment_pk
 """
@@ -166,7 +185,7 @@ LEFT JOIN cases c ON c.enrolment_pk = e.enrolment_pk
 def _state(r: dict[str, Any]) -> EnrolmentState:
     if not r["accepted"]:
         return EnrolmentState(r["batch_id"], r["row_index"], r["enrolment_id"], r["centre_id"], "rejected",
-                              r["row_reason"], r["row_detail"])
+                              r["row_reason"], r["row_detail"], None, None, None, None, None)
     return EnrolmentState(r["batch_id"], r["row_index"], r["enrolment_id"], r["centre_id"], r["state"], r["reason"],
                           r["detail"], r["uin"], r["duplicate_of"], r["case_id"], r["captured_at"], r["updated_at"])
 
@@ -187,16 +206,22 @@ def batch_report(conn: psycopg.Connection[Any], actor: Actor, batch_id: str) -> 
 def enrolment_status(conn: psycopg.Connection[Any], actor: Actor, enrolment_id: str, centre_id: str | None = None) -> list[EnrolmentState]:
     """The outcome(s) of an enrolment id: the accepted one, else every rejected row that carried it.
 
-    A centre account sees its own centre's enrolments only; others may narrow with ``centre_id``.
+    A centre account sees its own centre's enrolments only, and whose a row is comes from who
+    submitted it, never from the ``centre_id`` a manifest typed: an accepted row is an
+    enrolment of the centre it was accepted for (a centre's token submits for its own centre
+    only), a rejected row is the submitting centre's. Others may narrow with ``centre_id``.
     """
     authorize(actor, "enrolment.status")
+    check_id(enrolment_id, "the enrolment id")
+    params: list[Any] = [enrolment_id]
+    clause = " WHERE r.enrolment_id = %s"
     if actor.role == "centre":
         if centre_id is not None and centre_id != actor.centre_id:
             raise PermissionDenied(f"user {actor.name!r} sees centre {actor.centre_id!r} only")
         centre_id = actor.centre_id
-    params: list[Any] = [enrolment_id]
-    clause = " WHERE r.enrolment_id = %s"
-    if centre_id is not None:
+        clause += " AND ((r.accepted AND e.centre_id = %s) OR (NOT r.accepted AND b.centre_id = %s))"
+        params += [centre_id, centre_id]
+    elif centre_id is not None:
         clause += " AND r.centre_id = %s"
         params.append(centre_id)
     rows = conn.execute(_STATE_SQL + clause + " ORDER BY r.accepted DESC, r.batch_id, r.row_index", params).fetchall()

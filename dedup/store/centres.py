@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from dedup.bidi import check_id
 from dedup.errors import Conflict, InvalidParameter
 from dedup.store import audit
 from dedup.store.users import Actor, authorize
@@ -28,6 +29,7 @@ class Centre:
 def add_centre(conn: psycopg.Connection[Any], actor: Actor, centre_id: str, name: str = "") -> Centre:
     """Register a centre (admin only)."""
     authorize(actor, "centre.add")
+    check_id(centre_id, "the centre id")
     with conn.transaction():
         try:
             with conn.transaction():

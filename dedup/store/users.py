@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from dedup.bidi import check_id
 from dedup.errors import Conflict, InvalidParameter, NotFound, PermissionDenied
 from dedup.store import audit
 
@@ -100,6 +101,7 @@ def authenticate(conn: psycopg.Connection[Any], name: str | None) -> Actor:
 def add_user(conn: psycopg.Connection[Any], actor: Actor, name: str, role: str, centre_id: str | None = None) -> User:
     """Create a user (admin only). Centre accounts name their centre; others must not."""
     authorize(actor, "user.add")
+    check_id(name, "the user name")
     if role not in ROLES:
         raise InvalidParameter(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if role == "centre" and not centre_id:

@@ -11,22 +11,24 @@ The schema of these routes is committed as ``schemas/openapi.json``.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
-import psycopg
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, Field
+from python_multipart.multipart import MultipartParser
+from starlette.concurrency import run_in_threadpool
 
-from dedup.errors import BadInput, DedupError, NotFound, Unauthenticated
+from dedup.errors import BadInput, DedupError, NotFound
+from dedup.ingest.submit import submit_batch
 from dedup.store import audit, batches
+from dedup.store.batches import BatchOutcomes, EnrolmentOutcomes, Receipt
 from dedup.store.users import Actor, authorize
-from dedup.web.app import context, db
+from dedup.web.deps import Centre, Conn, Ctx, WebContext
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 router = APIRouter(prefix="/api/v1", tags=["centres"])
@@ -51,6 +53,7 @@ class TooLarge(DedupError):
 
 
 # ---------------------------------------------------------------- response models
+# Receipts and outcomes are the store's dataclasses (dedup.store.batches); only the error body is the API's own.
 
 
 class ErrorBody(BaseModel):
@@ -58,56 +61,6 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="unauthenticated, forbidden, not_found, conflict, bad_request, too_large, unavailable or internal_error")
     message: str
-
-
-class ReceiptItem(BaseModel):
-    row: int
-    enrolment_id: str | None
-    centre_id: str | None
-    status: Literal["accepted", "rejected"]
-    reason: str | None = Field(description="stable reason code of a rejected row (see the README)")
-    detail: str | None
-
-
-class Receipt(BaseModel):
-    """Every manifest row, accepted or rejected with a reason; identical on every resubmission."""
-
-    batch_id: str
-    manifest: str
-    centre_id: str | None
-    submitted_by: str
-    submitted_at: dt.datetime
-    rows: int
-    accepted: int
-    rejected: int
-    items: list[ReceiptItem]
-
-
-class Outcome(BaseModel):
-    """An enrolment's (or a rejected row's) current state."""
-
-    batch_id: str
-    row: int
-    enrolment_id: str | None
-    centre_id: str | None
-    state: Literal["received", "processing", "accepted", "adjudication", "duplicate", "recapture", "rejected"]
-    reason: str | None
-    detail: str | None
-    uin: str | None
-    duplicate_of: str | None
-    case_id: int | None
-    captured_at: dt.datetime | None
-    updated_at: dt.datetime | None
-
-
-class BatchOutcomes(BaseModel):
-    batch_id: str
-    rows: list[Outcome]
-
-
-class EnrolmentOutcomes(BaseModel):
-    enrolment_id: str
-    outcomes: list[Outcome]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -136,24 +89,6 @@ _UPLOAD_BODY = {
 }
 
 
-# ---------------------------------------------------------------- authentication
-
-
-def centre_actor(request: Request, conn: psycopg.Connection[Any] = Depends(db)) -> Actor:
-    """The centre user the request's bearer token acts as (401 without a valid token)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthenticated("send the centre's API token: Authorization: Bearer dk_...")
-    return auth_token(conn, value)
-
-
-def auth_token(conn: psycopg.Connection[Any], value: str) -> Actor:
-    from dedup.web.auth import token_actor
-
-    return token_actor(conn, value)
-
-
 # ---------------------------------------------------------------- routes
 
 
@@ -165,12 +100,9 @@ def auth_token(conn: psycopg.Connection[Any], value: str) -> Actor:
                         403: {"model": ErrorBody, "description": "this manifest was already received from another centre"},
                         413: {"model": ErrorBody, "description": "over the upload limit"}},
              openapi_extra={"requestBody": _UPLOAD_BODY})
-async def submit(request: Request, response: Response, actor: Actor = Depends(centre_actor)) -> Receipt:
+async def submit(request: Request, response: Response, ctx: Ctx, actor: Centre) -> Receipt:
     """Validate every row, keep the good ones, return the receipt (201; 200 when already received)."""
-    from starlette.concurrency import run_in_threadpool
-
     authorize(actor, "batch.submit")
-    ctx = context(request)
     folder = _upload_folder(ctx.dep.store)
     try:
         manifest = await _receive(request, folder, ctx.dep.settings.web.max_upload_bytes, ctx.dep.settings.store.max_photo_bytes)
@@ -178,19 +110,17 @@ async def submit(request: Request, response: Response, actor: Actor = Depends(ce
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     response.status_code = 201 if new else 200
-    return Receipt(**receipt.as_dict())
+    return receipt
 
 
-def _submit(ctx: Any, actor: Actor, manifest: Path) -> tuple[batches.Receipt, bool]:
-    from dedup.ingest.submit import submit_batch
-
+def _submit(ctx: WebContext, actor: Actor, manifest: Path) -> tuple[Receipt, bool]:
     with ctx.dep.database.session() as conn:
         return submit_batch(ctx.dep, conn, actor, manifest)
 
 
 @router.get("/batches/{batch_id}", response_model=Receipt, operation_id="get_receipt", summary="A batch's receipt",
             responses=ERRORS)
-def get_receipt(batch_id: str, conn: psycopg.Connection[Any] = Depends(db), actor: Actor = Depends(centre_actor)) -> Receipt:
+def get_receipt(batch_id: str, conn: Conn, actor: Centre) -> Receipt:
     authorize(actor, "batch.report")
     receipt = batches.get_receipt(conn, batch_id)
     if receipt is None:
@@ -198,23 +128,20 @@ def get_receipt(batch_id: str, conn: psycopg.Connection[Any] = Depends(db), acto
     batches.check_batch_access(actor, receipt.centre_id, batch_id)
     with conn.transaction():
         audit.record(conn, actor.name, "batch.receipt", "batch", batch_id, {"via": "api"})
-    return Receipt(**receipt.as_dict())
+    return receipt
 
 
 @router.get("/batches/{batch_id}/outcomes", response_model=BatchOutcomes, operation_id="get_batch_outcomes",
             summary="Every row of a batch with its current state", responses=ERRORS)
-def batch_outcomes(batch_id: str, conn: psycopg.Connection[Any] = Depends(db), actor: Actor = Depends(centre_actor)) -> BatchOutcomes:
-    states = batches.batch_report(conn, actor, batch_id)
-    return BatchOutcomes(batch_id=batch_id, rows=[Outcome(**s.as_dict()) for s in states])
+def batch_outcomes(batch_id: str, conn: Conn, actor: Centre) -> BatchOutcomes:
+    return BatchOutcomes(batch_id, batches.batch_report(conn, actor, batch_id))
 
 
 @router.get("/enrolments/{enrolment_id}", response_model=EnrolmentOutcomes, operation_id="get_enrolment_outcome",
             summary="An enrolment's current state (the centre's own enrolments)",
             responses={401: ERRORS[401], 404: {"model": ErrorBody, "description": "no such enrolment at this centre"}})
-def enrolment_outcome(enrolment_id: str, conn: psycopg.Connection[Any] = Depends(db),
-                      actor: Actor = Depends(centre_actor)) -> EnrolmentOutcomes:
-    states = batches.enrolment_status(conn, actor, enrolment_id, actor.centre_id)
-    return EnrolmentOutcomes(enrolment_id=enrolment_id, outcomes=[Outcome(**s.as_dict()) for s in states])
+def enrolment_outcome(enrolment_id: str, conn: Conn, actor: Centre) -> EnrolmentOutcomes:
+    return EnrolmentOutcomes(enrolment_id, batches.enrolment_status(conn, actor, enrolment_id, actor.centre_id))
 
 
 # ---------------------------------------------------------------- receiving uploads
@@ -317,8 +244,6 @@ class _PartWriter:
 
 
 async def _receive_multipart(request: Request, folder: Path, max_total: int, max_photo: int) -> Path:
-    from python_multipart.multipart import MultipartParser
-
     ctype = request.headers.get("content-type", "")
     m = re.search(r'boundary="?([^";]+)"?', ctype)
     if not m:
@@ -384,8 +309,6 @@ class _private_file:
 
 def openapi_document() -> dict[str, Any]:
     """The API's OpenAPI document, as the running app serves it at ``OPENAPI_PATH``."""
-    from fastapi import FastAPI
-
     app = FastAPI(**API_META, docs_url=None, redoc_url=None, openapi_url=OPENAPI_PATH)
     app.include_router(router)
     return app.openapi()

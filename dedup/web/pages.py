@@ -8,67 +8,23 @@ shortcuts. Forms post with the session's CSRF token; a page that needs a session
 from __future__ import annotations
 
 import datetime as dt
-import secrets
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
-import psycopg
-from fastapi import APIRouter, Depends, Form, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi import APIRouter, Form, Request, Response
 from itsdangerous import BadSignature
 
+from dedup.adjudication import cases, controls, queue
 from dedup.errors import InvalidParameter, NotFound, PermissionDenied, Unauthenticated
-from dedup.queue.cases import list_cases
-from dedup.store.users import Actor, authorize
-from dedup.web import auth, cases, controls, stats
-from dedup.web.app import LOGIN_COOKIE, SESSION_COOKIE, context, db, read_session_cookie
+from dedup.store import auth, supervision
+from dedup.store.users import authorize
+from dedup.web.deps import LOGIN_COOKIE, SESSION_COOKIE, Conn, Ctx, User, check_csrf
+from dedup.web.images import for_browser
 from dedup.web.scoring import describe
+from dedup.web.views import login_page, render, safe_next, see_other
 
 router = APIRouter(include_in_schema=False)
 
 DECISION_WORDS = {"duplicate": "duplicate", "distinct": "distinct: a different person", "recapture": "recapture requested"}
-
-
-@dataclass(frozen=True)
-class WebUser:
-    """The logged-in user of a request, with what the templates need."""
-
-    actor: Actor
-    csrf_token: str
-    session_id: str
-
-
-def current_user(request: Request, conn: psycopg.Connection[Any] = Depends(db)) -> WebUser:
-    """The session's user; 401 (the login form) without a valid session."""
-    session_id = read_session_cookie(request)
-    session = auth.load_session(conn, session_id)
-    if session is None:
-        raise Unauthenticated("your session has ended; please log in again")
-    return WebUser(session.actor, session.csrf_token, session_id)
-
-
-def check_csrf(user: WebUser, token: str) -> None:
-    """403 unless the form carried the session's CSRF token."""
-    if not auth.csrf_ok(user.csrf_token, token):
-        raise PermissionDenied("the form's security token is missing or out of date; reload the page and try again")
-
-
-def render(request: Request, template: str, values: dict[str, Any], status: int = 200) -> Response:
-    """A page from ``templates/``."""
-    return context(request).templates.TemplateResponse(request, template, {"settings": context(request).dep.settings, **values},
-                                                       status_code=status)
-
-
-def see_other(path: str) -> RedirectResponse:
-    return RedirectResponse(path, status_code=303)
-
-
-def _safe_next(path: str | None) -> str:
-    # Only a path on this site: no scheme, no host, no protocol-relative '//'.
-    if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
-        return "/"
-    return path
 
 
 def _age(seconds: float | None) -> str:
@@ -87,26 +43,14 @@ def _age(seconds: float | None) -> str:
 # ---------------------------------------------------------------- login
 
 
-def login_page(request: Request, message: str | None = None, status: int = 200, next_path: str = "/") -> Response:
-    """The login form with a fresh login CSRF token (double-submit: cookie and form)."""
-    token = secrets.token_urlsafe(24)
-    ctx = context(request)
-    response = render(request, "login.html", {"user": None, "message": message, "csrf_token": token,
-                                              "next_path": _safe_next(next_path)}, status=status)
-    response.set_cookie(LOGIN_COOKIE, ctx.signer.dumps(token, salt="login"), max_age=3600, httponly=True, samesite="strict",
-                        secure=ctx.dep.settings.web.cookie_secure, path="/")
-    return response
-
-
 @router.get("/login")
 def login_form(request: Request, next: str = "/") -> Response:
     return login_page(request, next_path=next)
 
 
 @router.post("/login")
-def login(request: Request, conn: psycopg.Connection[Any] = Depends(db), username: str = Form(""), password: str = Form(""),
+def login(request: Request, conn: Conn, ctx: Ctx, username: str = Form(""), password: str = Form(""),
           csrf_token: str = Form(""), next: str = Form("/")) -> Response:
-    ctx = context(request)
     try:
         expected = ctx.signer.loads(request.cookies.get(LOGIN_COOKIE, ""), max_age=3600, salt="login")
     except BadSignature:
@@ -119,7 +63,7 @@ def login(request: Request, conn: psycopg.Connection[Any] = Depends(db), usernam
         return login_page(request, str(exc), status=401, next_path=next)
     web = ctx.dep.settings.web
     session_id, _ = auth.create_session(conn, actor, web.session_seconds)
-    response = see_other(_safe_next(next))
+    response = see_other(safe_next(next))
     response.set_cookie(SESSION_COOKIE, ctx.signer.dumps(session_id, salt="session"), max_age=web.session_seconds,
                         httponly=True, samesite="strict", secure=web.cookie_secure, path="/")
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -127,7 +71,7 @@ def login(request: Request, conn: psycopg.Connection[Any] = Depends(db), usernam
 
 
 @router.post("/logout")
-def logout(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def logout(request: Request, conn: Conn, user: User,
            csrf_token: str = Form("")) -> Response:
     check_csrf(user, csrf_token)
     auth.end_session(conn, user.session_id, user.actor)
@@ -137,7 +81,7 @@ def logout(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: 
 
 
 @router.get("/")
-def home(user: WebUser = Depends(current_user)) -> Response:
+def home(user: User) -> Response:
     return see_other("/supervisor" if user.actor.role == "admin" else "/queue")
 
 
@@ -145,30 +89,29 @@ def home(user: WebUser = Depends(current_user)) -> Response:
 
 
 @router.get("/queue")
-def queue_page(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def queue_page(request: Request, conn: Conn, user: User,
                empty: int = 0) -> Response:
-    counts = cases.queue_counts(conn, user.actor)
-    open_cases = list_cases(conn, user.actor) if user.actor.role in ("supervisor", "admin") else []
+    counts = queue.queue_counts(conn, user.actor)
+    open_cases = queue.list_cases(conn, user.actor) if user.actor.role in ("supervisor", "admin") else []
     return render(request, "queue.html", {"user": user, "counts": counts, "oldest": _age(counts["oldest_seconds"]),
                                           "empty": bool(empty), "may_claim": user.actor.may("queue.claim"),
                                           "open_cases": open_cases})
 
 
 @router.post("/queue/next")
-def take_next(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def take_next(ctx: Ctx, conn: Conn, user: User,
               csrf_token: str = Form("")) -> Response:
     check_csrf(user, csrf_token)
     authorize(user.actor, "queue.claim")
-    s = context(request).dep.settings
-    case_id = cases.next_case(conn, user.actor, s.store.lease_seconds, s.web.control_rate)
+    s = ctx.dep.settings
+    case_id = queue.claim_next(conn, user.actor, s.store.lease_seconds, s.web.control_rate)
     return see_other("/queue?empty=1" if case_id is None else f"/cases/{case_id}")
 
 
 @router.get("/cases/{case_id}")
-def case_page(request: Request, case_id: int, conn: psycopg.Connection[Any] = Depends(db),
-              user: WebUser = Depends(current_user)) -> Response:
+def case_page(request: Request, ctx: Ctx, case_id: int, conn: Conn,
+              user: User) -> Response:
     view = cases.show(conn, user.actor, case_id)
-    ctx = context(request)
     meanings = {c.rank: describe(ctx.meaning(c.score)) for c in view.candidates}
     blind = ctx.dep.settings.web.blind_mode and view.status == "open" and view.held_by_me
     values = {"user": user, "case": view, "meanings": meanings, "blind": blind,
@@ -180,14 +123,11 @@ def case_page(request: Request, case_id: int, conn: psycopg.Connection[Any] = De
 
 
 @router.get("/cases/{case_id}/photos/{which}/{kind}")
-def case_photo(request: Request, case_id: int, which: str, kind: str, conn: psycopg.Connection[Any] = Depends(db),
-               user: WebUser = Depends(current_user)) -> Response:
+def case_photo(ctx: Ctx, case_id: int, which: str, kind: str, conn: Conn,
+               user: User) -> Response:
     if kind not in ("full", "crop"):
         raise NotFound("photos are 'full' or 'crop'")
-    ctx = context(request)
     data = cases.photo(conn, user.actor, ctx.photos, case_id, which, kind)
-    from dedup.web.images import for_browser
-
     image = for_browser(data) if kind == "full" else ctx.crops.crop(data)
     if image is None:
         raise NotFound("no face found in this photo for an aligned crop")
@@ -196,20 +136,20 @@ def case_photo(request: Request, case_id: int, which: str, kind: str, conn: psyc
 
 
 @router.post("/cases/{case_id}/decide")
-def decide(request: Request, case_id: int, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def decide(ctx: Ctx, case_id: int, conn: Conn, user: User,
            csrf_token: str = Form(""), decision: str = Form(""), candidate: str = Form(""), comment: str = Form("")) -> Response:
     check_csrf(user, csrf_token)
     if len(comment) > 2000:
         raise InvalidParameter("the comment is longer than 2000 characters")
-    cases.decide(conn, user.actor, case_id, decision, candidate or None, comment, context(request).dep.settings.web.blind_mode)
+    cases.decide_on_page(conn, user.actor, case_id, decision, candidate or None, comment, ctx.dep.settings.web.blind_mode)
     return see_other(f"/cases/{case_id}")
 
 
 @router.post("/cases/{case_id}/release")
-def release(case_id: int, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def release(case_id: int, conn: Conn, user: User,
             csrf_token: str = Form("")) -> Response:
     check_csrf(user, csrf_token)
-    cases.release(conn, user.actor, case_id)
+    queue.release(conn, user.actor, case_id)
     return see_other("/queue")
 
 
@@ -217,23 +157,23 @@ def release(case_id: int, conn: psycopg.Connection[Any] = Depends(db), user: Web
 
 
 @router.get("/supervisor")
-def supervisor_page(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user)) -> Response:
-    rows = stats.adjudicator_stats(conn, user.actor)
-    counts = cases.queue_counts(conn, user.actor)
+def supervisor_page(request: Request, conn: Conn, user: User) -> Response:
+    rows = supervision.adjudicator_stats(conn, user.actor)
+    counts = queue.queue_counts(conn, user.actor)
     return render(request, "supervisor.html", {"user": user, "rows": rows, "counts": counts, "oldest": _age(counts["oldest_seconds"]),
                                                "age": _age})
 
 
 @router.get("/supervisor/controls")
-def controls_page(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def controls_page(request: Request, ctx: Ctx, conn: Conn, user: User,
                   added: int = 0) -> Response:
     pairs = controls.list_pairs(conn, user.actor)
     return render(request, "controls.html", {"user": user, "pairs": pairs, "added": added,
-                                             "rate": context(request).dep.settings.web.control_rate})
+                                             "rate": ctx.dep.settings.web.control_rate})
 
 
 @router.post("/supervisor/controls")
-def add_control(conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user), csrf_token: str = Form(""),
+def add_control(conn: Conn, user: User, csrf_token: str = Form(""),
                 case_id: str = Form("")) -> Response:
     check_csrf(user, csrf_token)
     try:
@@ -245,7 +185,7 @@ def add_control(conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Dep
 
 
 @router.post("/supervisor/controls/{pair_id}/active")
-def set_control_active(pair_id: int, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def set_control_active(pair_id: int, conn: Conn, user: User,
                        csrf_token: str = Form(""), active: str = Form("")) -> Response:
     check_csrf(user, csrf_token)
     controls.set_active(conn, user.actor, pair_id, active == "1")
@@ -253,11 +193,11 @@ def set_control_active(pair_id: int, conn: psycopg.Connection[Any] = Depends(db)
 
 
 @router.get("/supervisor/audit")
-def audit_page(request: Request, conn: psycopg.Connection[Any] = Depends(db), user: WebUser = Depends(current_user),
+def audit_page(request: Request, conn: Conn, user: User,
                actor: str = "", action: str = "", object_id: str = "", text: str = "", since: str = "", until: str = "") -> Response:
-    query = stats.AuditQuery(actor.strip(), action.strip(), object_id.strip(), text.strip(), _date(since, "since"),
+    query = supervision.AuditQuery(actor.strip(), action.strip(), object_id.strip(), text.strip(), _date(since, "since"),
                              _date(until, "until"))
-    rows = stats.search_audit(conn, user.actor, query)
+    rows = supervision.search_audit(conn, user.actor, query)
     return render(request, "audit.html", {"user": user, "rows": rows, "q": query, "since": since, "until": until,
                                           "quote": quote})
 

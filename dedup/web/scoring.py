@@ -6,7 +6,7 @@ score. It comes from, in order:
 1. the deployment's calibration (``calibration.json``, written by ``dedup calibrate --apply``):
    the sampled impostor scores and the fitted tail of *this* deployment;
 2. else the documented impostor distribution of the model's profile
-   (``dedup.synth.TARGETS``: the face-like profile is fitted to dlib's ResNet, the default
+   (``dedup.bench.synth.TARGETS``: the face-like profile is fitted to dlib's ResNet, the default
    model): a Gaussian with the profile's documented impostor mean, whose spread is set so that
    it gives the documented FMR at the profile's operating point. Only a rough guide far above
    that point, and the page says so;
@@ -16,12 +16,14 @@ score. It comes from, in order:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Callable
+from typing import Any
 
 from dedup.config import Settings
+from dedup.errors import DedupError
 
 # Settings face.model -> the synthetic profile fitted to it (where one is documented).
 _PROFILE_OF_MODEL = {"dlib": "face-like"}
@@ -54,7 +56,6 @@ def one_in_words(fmr: float | None) -> str:
 
 def meaning_function(home: Path, settings: Settings) -> Callable[[float], ScoreMeaning]:
     """The score -> meaning function for a deployment (reads calibration.json once)."""
-    from dedup.errors import DedupError
     from dedup.evaluation.calibrate import load_calibration
 
     try:
@@ -94,7 +95,7 @@ def _meaning(score: float, fmr: float, source: str) -> ScoreMeaning:
 
 def _profile_fmr(model: str) -> tuple[Callable[[float], float], str] | None:
     """FMR(score) from the documented impostor distribution of the profile fitted to ``model``."""
-    from dedup.synth import PROFILES, TARGETS
+    from dedup.bench.synth import PROFILES, TARGETS
 
     name = _PROFILE_OF_MODEL.get(model)
     if name is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from dedup.deployment import Deployment
 from dedup.errors import InvalidParameter

@@ -1,13 +1,11 @@
-"""Shared helpers for the evaluation tests: small labelled sets with known structure."""
+"""Fixtures for the evaluation tests: small labelled sets with known structure."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+from tests.support.scores import unit
 
 
 @pytest.fixture
@@ -23,14 +21,3 @@ def small_set() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # summation order, so blocked and brute-force scores are the same numbers.
     vectors = (np.round(vectors * 32) / 32).astype(np.float32)
     return vectors, ident.astype(np.int64), group_of_id[ident].astype(np.int16)
-
-
-def brute_pairs(vectors: np.ndarray, ident: np.ndarray, group: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair i < j: (scores, is_impostor, group code (cross = n_groups), is_genuine)."""
-    s = vectors @ vectors.T
-    i, j = np.triu_indices(vectors.shape[0], k=1)
-    n_groups = int(group.max()) + 1
-    gcode = np.where(group[i] == group[j], group[i], n_groups)
-    imp = ident[i] != ident[j]
-    return s[i, j], imp, gcode, ~imp

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from dedup.bench.synth import SyntheticData, SynthSpec, get_profile, write_parquet
 from dedup.cli import app
 from dedup.config import load_settings
 from dedup.errors import ConfigError
 from dedup.evaluation.calibrate import apply_threshold, load_calibration, save_calibration, set_toml_value
-from dedup.synth import SyntheticData, SynthSpec, get_profile, write_parquet
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_eval_json_and_report(labelled: dict[str, Path], tmp_path: Path) -> None:
     res = runner.invoke(app, ["eval", str(labelled["gallery"]), str(labelled["probes"]), "--out", str(tmp_path / "r"),
-                              "--impostor-pairs", "2000000", "--gallery-sizes", "1000,4000", "--json", "-"])
+                              "--impostor-pairs", "2000000", "--gallery-sizes", "1000,4000", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["model_id"] == get_profile("face-like").model_id
@@ -48,7 +48,7 @@ def test_eval_json_and_report(labelled: dict[str, Path], tmp_path: Path) -> None
 def test_calibrate_json(labelled: dict[str, Path]) -> None:
     res = runner.invoke(app, ["calibrate", "--templates", str(labelled["gallery"]), "--templates", str(labelled["probes"]),
                               "--target-fpir", "0.001", "--gallery-size", "10000000", "--enrolments-per-day", "1000000",
-                              "--impostor-pairs", "3000000", "--json", "-"])
+                              "--impostor-pairs", "3000000", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["threshold_source"] == "tail-model" and doc["applied"] is None

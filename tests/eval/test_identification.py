@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dedup.evaluation.identification import (_rechunk, fnir_at, fnir_at_fpir, fpir_at, rank1, search_prefixes,
-                                             split_for_search)
+from dedup.evaluation.identification import _rechunk, fnir_at, fnir_at_fpir, fpir_at, rank1, search_prefixes, split_for_search
+from tests.support.scores import unit
 
 
 def _data(seed: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -22,7 +22,6 @@ def _data(seed: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     probe_id = np.concatenate([rng.integers(0, 900, 400), 10_000 + np.arange(1500)])
     probe_base = np.concatenate([base[probe_id[:400]], rng.standard_normal((1500, d)) + 2.0])
     probes = probe_base + 0.3 * rng.standard_normal((1900, d))
-    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
     return unit(gal), gal_id.astype(np.int64), unit(probes), probe_id.astype(np.int64)
 
 

@@ -9,11 +9,10 @@ import pytest
 
 from dedup.evaluation.metrics import CROSS_GROUP, det_curve, empirical_threshold, fnmr_at_fmr, per_group
 from dedup.evaluation.scores import EDGES, genuine_scores, impostor_sample
+from tests.support.scores import brute_pairs
 
-from .conftest import brute_pairs
 
-
-def test_det_equals_brute_force_at_every_threshold(small_set) -> None:  # type: ignore[no-untyped-def]
+def test_det_equals_brute_force_at_every_threshold(small_set: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     vectors, ident, group = small_set
     imp = impostor_sample(vectors, ident, group, ["a", "b", "c"], max_pairs=10**9, block_elements=5000)
     gen = genuine_scores(vectors, ident, group)
@@ -28,7 +27,7 @@ def test_det_equals_brute_force_at_every_threshold(small_set) -> None:  # type: 
         assert det.fnmr[k] == np.count_nonzero(s_gen < t) / s_gen.size
 
 
-def test_fnmr_at_fmr_equals_brute_force(small_set) -> None:  # type: ignore[no-untyped-def]
+def test_fnmr_at_fmr_equals_brute_force(small_set: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     vectors, ident, group = small_set
     imp = impostor_sample(vectors, ident, group, ["a", "b", "c"], max_pairs=10**9, tail_keep=6000)
     gen = genuine_scores(vectors, ident, group)

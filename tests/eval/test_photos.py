@@ -8,8 +8,8 @@ enlarged onto a grey canvas), one capture each, as people seen once.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -54,7 +54,7 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_eval_on_real_photos(photo_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEDUP_FACE_MIN_SHARPNESS", "0")        # the enlarged 25 px lfw crops are soft
     monkeypatch.setenv("DEDUP_FACE_WORKERS", "1")
-    res = CliRunner().invoke(app, ["eval", str(photo_folder), "--out", str(tmp_path / "r"), "--json", "-",
+    res = CliRunner().invoke(app, ["eval", str(photo_folder), "--out", str(tmp_path / "r"), "--json",
                                    "--home", str(tmp_path)])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)

@@ -7,8 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dedup.evaluation.scores import EDGES, NBINS, bin_index, genuine_scores, impostor_sample
-
-from .conftest import brute_pairs
+from tests.support.scores import brute_pairs
 
 
 @given(st.lists(st.floats(-1.0, 1.0, width=32), min_size=1, max_size=50))
@@ -25,7 +24,7 @@ def test_bin_index_on_edges() -> None:
     assert np.all((EDGES[k] <= s.astype(np.float64)) & (s.astype(np.float64) < EDGES[k + 1]))
 
 
-def test_exhaustive_impostor_histogram_equals_brute_force(small_set) -> None:  # type: ignore[no-untyped-def]
+def test_exhaustive_impostor_histogram_equals_brute_force(small_set: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     vectors, ident, group = small_set
     sample = impostor_sample(vectors, ident, group, ["a", "b", "c"], max_pairs=10**9, tail_keep=500,
                              block_elements=3000)
@@ -48,7 +47,7 @@ def test_exhaustive_impostor_histogram_equals_brute_force(small_set) -> None:  #
                 assert sample.count_ge(t, which=g) == int((scores[sel].astype(np.float64) >= t).sum())
 
 
-def test_sampled_rows_are_all_paired(small_set) -> None:  # type: ignore[no-untyped-def]
+def test_sampled_rows_are_all_paired(small_set: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     vectors, ident, group = small_set
     sample = impostor_sample(vectors, ident, group, ["a", "b", "c"], max_pairs=5000,
                              rng=np.random.default_rng(3), block_elements=2000)
@@ -61,7 +60,7 @@ def test_sampled_rows_are_all_paired(small_set) -> None:  # type: ignore[no-unty
     assert np.array_equal(sample.total, np.bincount(bin_index(scores[imp]), minlength=NBINS))
 
 
-def test_genuine_scores_equal_brute_force(small_set) -> None:  # type: ignore[no-untyped-def]
+def test_genuine_scores_equal_brute_force(small_set: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     vectors, ident, group = small_set
     gen = genuine_scores(vectors, ident, group)
     scores, _, _, genuine = brute_pairs(vectors, ident, group)

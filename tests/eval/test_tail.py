@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dedup.bench.synth import Group, SyntheticData, SynthSpec, get_profile
 from dedup.evaluation.calibrate import calibrate, threshold_still_meets_target
 from dedup.evaluation.identification import search_prefixes, threshold_for_fpir
 from dedup.evaluation.metrics import empirical_threshold, per_group
 from dedup.evaluation.scores import genuine_scores, impostor_sample
 from dedup.evaluation.stats import rate_ratio_interval
 from dedup.evaluation.tail import GPD, fit_gpd, fit_tail, fmr_for_fpir, fpir_from_fmr
-from dedup.synth import Group, SyntheticData, SynthSpec, get_profile
 
 
 @pytest.mark.parametrize("xi,sigma", [(-0.2, 0.01), (0.0, 0.02), (0.15, 0.005)])

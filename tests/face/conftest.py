@@ -8,7 +8,9 @@ file is made from them by a real transformation, written to a temporary folder.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dlib
 import numpy as np
@@ -17,6 +19,11 @@ from PIL import Image
 
 from dedup.config import FaceSettings
 from dedup.face import assets
+
+if TYPE_CHECKING:  # imported on use below: torch loads only for the tests that need a model
+    from dedup.face.embed import EmbedResult
+    from dedup.face.model import FaceModel
+    from dedup.face.prepare import PhotoInput, Preparer
 
 
 @pytest.fixture(scope="session")
@@ -82,25 +89,25 @@ def face_settings() -> FaceSettings:
 
 
 @pytest.fixture(scope="session")
-def cpu_model(face_settings: FaceSettings):  # type: ignore[no-untyped-def]
+def cpu_model(face_settings: FaceSettings) -> FaceModel:
     from dedup.face.model import load_model
 
     return load_model(face_settings)
 
 
 @pytest.fixture(scope="session")
-def preparer(face_settings: FaceSettings):  # type: ignore[no-untyped-def]
+def preparer(face_settings: FaceSettings) -> Preparer:
     from dedup.face.prepare import Preparer
 
     return Preparer(face_settings)
 
 
 @pytest.fixture(scope="session")
-def run(cpu_model):  # type: ignore[no-untyped-def]
+def run(cpu_model: FaceModel) -> Callable[..., EmbedResult]:
     """embed_photos in this process with the session's CPU model and settings overrides."""
     from dedup.face import embed_photos
 
-    def go(items, **overrides):  # type: ignore[no-untyped-def]
+    def go(items: Sequence[PhotoInput], **overrides: Any) -> EmbedResult:
         return embed_photos(items, FaceSettings(workers=1, device="cpu", **overrides), model=cpu_model)
 
     return go

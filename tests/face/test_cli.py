@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 
 from dedup.cli import app
 from dedup.schemas import REJECTS_SCHEMA, check_schema, templates_schema
-
-from .photos import encode
+from tests.support.photos import encode
 
 runner = CliRunner()
 
@@ -60,7 +59,8 @@ def test_bad_arguments_are_messages_not_tracebacks(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["embed", str(tmp_path / "empty"), "--out", str(tmp_path / "t.parquet"), "--home", str(tmp_path)])
     assert result.exit_code == 2 and "no photos found" in result.output and "Traceback" not in result.output
-    result = runner.invoke(app, ["embed", str(tmp_path), "--out", str(tmp_path / "t.parquet"), "--batch-size", "0", "--home", str(tmp_path)])
+    result = runner.invoke(app, ["embed", str(tmp_path), "--out", str(tmp_path / "t.parquet"), "--batch-size", "0",
+                                 "--home", str(tmp_path)])
     assert result.exit_code == 2 and "batch_size must be >= 1" in result.output
     (tmp_path / "dedup.toml").write_text('[face]\nmodel = "onnx"\nmodel_path = "nowhere.onnx"\n' + 'input_size = 112\n')
     (tmp_path / "a.jpg").write_bytes(b"x")

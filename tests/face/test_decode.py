@@ -13,7 +13,7 @@ from PIL import Image
 from dedup.face import reasons
 from dedup.face.decode import DecodeLimits, decode_image
 from dedup.face.reasons import Rejected
-from .photos import encode
+from tests.support.photos import encode
 
 LIMITS = DecodeLimits(20_000_000, 40_000_000, ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP"))
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 
 from dedup.face import DEFAULT_COSINE_THRESHOLD, DLIB_DISTANCE_THRESHOLD, PhotoBytes
 from dedup.face.threshold import DLIB_TYPICAL_NORM, cosine_for_distance
-from .photos import encode, resize, rotate
+from tests.support.photos import encode, resize, rotate
 
 
 def recapture(rgb: np.ndarray) -> bytes:

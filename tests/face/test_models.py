@@ -15,7 +15,7 @@ from dedup.config import FaceSettings, load_settings
 from dedup.errors import ConfigError, FaceModelError
 from dedup.face import PhotoBytes, default_model_id, embed_photos
 from dedup.face.model import ModelSpec, load_model, model_id_for
-from .photos import encode
+from tests.support.photos import encode
 
 
 class TinyEmbedder(nn.Module):

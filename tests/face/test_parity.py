@@ -10,7 +10,7 @@ from PIL import Image, ImageEnhance
 
 from dedup.face.decode import DecodeLimits, decode_image
 from dedup.face.prepare import PhotoBytes
-from .photos import encode, resize
+from tests.support.photos import encode, resize
 
 LIMITS = DecodeLimits(20_000_000, 40_000_000, ("JPEG", "PNG"))
 

@@ -11,7 +11,7 @@ import torch
 
 from dedup.config import FaceSettings
 from dedup.face import embed, embed_photos
-from .photos import encode, resize
+from tests.support.photos import encode, resize
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_processes_and_batches_give_the_same_templates(photo_paths, run, cpu_mod
     alone = [run([p]) for p in photo_paths]  # one photo at a time, in this process
     monkeypatch.setattr(embed, "MIN_PHOTOS_FOR_POOL", 1)
     seen: list[tuple[int, int]] = []
-    together = embed_photos(photo_paths, FaceSettings(workers=2, batch_size=2, device="cpu"), model=cpu_model, progress=lambda d, t: seen.append((d, t)))
+    together = embed_photos(photo_paths, FaceSettings(workers=2, batch_size=2, device="cpu"), model=cpu_model,
+                            progress=lambda d, t: seen.append((d, t)))
     assert [r.source for r in together.results] == photo_paths
     assert [r.reason for r in together.results] == [a.results[0].reason for a in alone]
     assert seen[-1] == (len(photo_paths), len(photo_paths)) and len(seen) == len(photo_paths)

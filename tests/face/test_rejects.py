@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import ImageFilter, Image
+from PIL import Image, ImageFilter
 
 from dedup.face import reasons
 from dedup.face.reasons import ALL_REASONS
 from dedup.schemas import REJECTS_SCHEMA, check_schema, templates_schema
-from .photos import encode, resize, rotate, side_by_side
+from tests.support.photos import encode, resize, rotate, side_by_side
 
 
 def huge_png_header(width: int, height: int) -> bytes:

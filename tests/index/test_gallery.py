@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
 from dedup.config import IndexSettings
 from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
-from dedup.index.crash import CRASH_EXIT_CODE
+from dedup.faults import CRASH_EXIT_CODE
 from dedup.index.gallery import Gallery
 from dedup.index.params import SearchParams
-from dedup.synth import SynthSpec, SyntheticData, get_profile
-
-from .conftest import SMALL, build_gallery, exact_above
+from tests.support.galleries import SMALL, build_gallery, exact_above
 
 
 def _as_sets(found, n):
@@ -293,3 +292,23 @@ def test_many_small_writes_are_merged_and_nothing_is_lost(tmp_path: Path, face_d
     assert len(g) == 2_000
     assert g.find_enrolments([f"e{r}" for r in (0, 999, 1999)] + ["e2000"]) == {"e0": 0, "e999": 999, "e1999": 1999}
     np.testing.assert_allclose(g.exact_vectors(np.arange(2_000)), gal.vectors[:2_000], atol=2e-3)
+
+
+@pytest.mark.parametrize(("drift", "valid"), [(0.0, True), (5e-3, True), (0.02, False), (-0.5, False)])
+def test_both_searches_give_a_probe_the_same_verdict(face_gallery: Gallery, drift: float, valid: bool) -> None:
+    """The gallery's IVF-PQ search and the exact torch search share one probe check
+    (dedup.index.probes): a probe whose norm drifts is accepted or refused by both alike."""
+    from dedup.index.exact import exact_search
+
+    vectors = face_gallery.exact_vectors(np.arange(200, dtype=np.int64))
+    probe = vectors[:1] * (1.0 + drift)
+    verdicts = []
+    for search in (lambda: face_gallery.search(probe, SearchParams(threshold=0.9)),
+                   lambda: exact_search(vectors, np.arange(200), probe, 0.9, 5, device="cpu")):
+        try:
+            search()
+            verdicts.append(True)
+        except InvalidParameter as exc:
+            assert "L2-normalised" in str(exc)
+            verdicts.append(False)
+    assert verdicts == [valid, valid]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dedup.bench import BenchSpec, run_bench
+from dedup.bench.gallery import BenchSpec, run_bench
 
 
 @pytest.mark.slow

@@ -3,12 +3,12 @@ shared two-worker LocalCluster (real worker processes on 127.0.0.1)."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-from scale_support import GALLERY_SIZE, QUERIES, SEED, Built, build_gallery
 
-from dedup.synth import SynthSpec, SyntheticData, get_profile
+from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
+from tests.support.scale import GALLERY_SIZE, QUERIES, SEED, Built, build_layout
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +21,9 @@ def layouts(tmp_path_factory: pytest.TempPathFactory, synth: SyntheticData) -> d
     """The same seeded data in three shard layouts: 1 shard, 3 shards, 4 shards with rows removed."""
     base = tmp_path_factory.mktemp("galleries")
     return {
-        "1-shard": build_gallery(base / "one", synth, GALLERY_SIZE),
-        "3-shards": build_gallery(base / "three", synth, 2500),
-        "4-shards-removed": build_gallery(base / "four", synth, 1500, remove=40),
+        "1-shard": build_layout(base / "one", synth, GALLERY_SIZE),
+        "3-shards": build_layout(base / "three", synth, 2500),
+        "4-shards-removed": build_layout(base / "four", synth, 1500, remove=40),
     }
 
 

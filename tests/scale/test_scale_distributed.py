@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dedup.cluster import ClusterSearch, connect, list_workers, place_shards, preload, search_gallery, search_shards, worker_loads
 from dedup.config import IndexSettings
-from dedup.cluster import (ClusterSearch, connect, list_workers, place_shards, preload, search_gallery,
-                           search_shards, worker_loads)
 from dedup.errors import ClusterError, GalleryError
 from dedup.index.exact import exact_search
 from dedup.index.gallery import Gallery
 from dedup.index.results import Candidates
-
-from scale_support import Built
+from tests.support.scale import Built
 
 
 def assert_identical(a: Candidates, b: Candidates) -> None:

@@ -15,8 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dedup.errors import InsufficientResources, InvalidParameter
-from dedup.index.exact import (ExactConfig, ExactIndex, choose_device, cuda_available, exact_search,
-                               faiss_gpu_count, faiss_index_to_gpu, resolve_device)
+from dedup.index.exact import (
+    ExactConfig,
+    ExactIndex,
+    choose_device,
+    cuda_available,
+    exact_search,
+    faiss_gpu_count,
+    faiss_index_to_gpu,
+    resolve_device,
+)
 from dedup.index.results import Candidates
 
 TOL = 1e-5

@@ -9,11 +9,11 @@ from pathlib import Path
 import dask
 import numpy as np
 import pytest
-from scale_support import Built
 
 from dedup.cluster import CRASH_POINT, ClusterSearch, connect, search_gallery
 from dedup.errors import ClusterError
 from dedup.index.gallery import Gallery
+from tests.support.scale import Built
 
 
 def test_worker_killed_mid_search_is_retried_on_another_worker(

@@ -35,7 +35,6 @@ def test_every_shard_placed_with_bounded_load(shards: list[str], workers: list[s
 @given(shards=st.lists(names, min_size=1, max_size=40, unique=True),
        workers=st.lists(names, min_size=2, max_size=12, unique=True), data=st.data())
 def test_a_lost_worker_hands_over_its_shards(shards: list[str], workers: list[str], data: st.DataObject) -> None:
-    before = place_shards(shards, workers)
     lost = data.draw(st.sampled_from(workers))
     after = place_shards(shards, [w for w in workers if w != lost])
     assert lost not in after.values()

@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -53,7 +53,7 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
 def test_bench_scales_on_a_hand_started_cluster(dask_cluster: str, tmp_path: Path) -> None:
     out = subprocess.run(
         _dedup_command() + ["bench", "--gallery-size", "3000", "--queries", "120", "--shards", "3", "--seed", "2",
-                            "--workers", "2", "--scheduler", dask_cluster, "--json", "-"],
+                            "--workers", "2", "--scheduler", dask_cluster, "--json"],
         capture_output=True, timeout=400, cwd=tmp_path)
     assert out.returncode == 0, out.stderr.decode()[-3000:]
     report = json.loads(out.stdout)

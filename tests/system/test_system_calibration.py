@@ -21,7 +21,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from conftest import Cli, write_batch
+from tests.support.cli import Cli
+from tests.support.manifests import write_batch
 
 ACCEPTED = 40           # accepted identities; one of them is not in the gallery yet
 SYNTHETIC = 2000        # synthetic gallery rows (never sampled)
@@ -84,11 +85,11 @@ def test_calibrate_apply_from_the_live_gallery(deployment: Cli, database_url: st
     toml = deployment.home / "dedup.toml"
     toml.write_text(toml.read_text() + "\n# tuned by hand\n[search]\nnprobe = 24\n", encoding="utf-8")
     before = toml.read_text()
-    deployment.run("calibrate", "--apply", "--json", "-", user="sue", code=5, env=FAST)   # a supervisor may not
+    deployment.run("calibrate", "--apply", "--json", user="sue", code=5, env=FAST)   # a supervisor may not
     assert toml.read_text() == before and not audit_rows(database_url, "threshold.calibrate")
     assert not (deployment.home / "calibration.json").exists()
 
-    doc = json.loads(deployment.run("calibrate", "--apply", "--json", "-", "--target-fpir", "0.01", env=FAST).stdout)
+    doc = json.loads(deployment.run("calibrate", "--apply", "--json", "--target-fpir", "0.01", env=FAST).stdout)
     assert (doc["gallery_size"], doc["gallery_size_source"], doc["impostor_source"]) == (live["size"], "deployment gallery",
                                                                                          "deployment gallery")
     assert doc["impostor_pairs"] == (ACCEPTED - 1) * (ACCEPTED - 2) // 2 and doc["expected_fnir"] is None
@@ -113,7 +114,7 @@ def test_calibrate_apply_from_the_live_gallery(deployment: Cli, database_url: st
 def test_run_warns_when_the_gallery_has_outgrown_the_threshold(deployment: Cli, database_url: str,
                                                                live: dict[str, Any]) -> None:
     # Calibrated for a gallery of 100, then used on one of 2,040.
-    deployment.run("calibrate", "--apply", "--gallery-size", "100", "--json", "-", env=FAST)
+    deployment.run("calibrate", "--apply", "--gallery-size", "100", "--json", env=FAST)
     out = deployment.run("run", "--once", "--json", env=FAST)
     [warning] = json.loads(out.stdout)["warnings"]
     assert f"the gallery ({live['size']:,}) has outgrown threshold" in warning and "dedup calibrate --apply" in warning
@@ -134,7 +135,7 @@ def test_run_warns_when_its_own_enrolments_outgrow_the_threshold(deployment: Cli
     from dedup.evaluation.calibrate import apply_threshold, check_deployment_threshold, load_calibration
     from dedup.evaluation.tail import fpir_from_fmr
 
-    deployment.run("calibrate", "--apply", "--json", "-", env=FAST)
+    deployment.run("calibrate", "--apply", "--json", env=FAST)
     cal, tail = load_calibration(deployment.home)
     t = math.ceil(cal["threshold"] * 1e6) / 1e6
     target = float(fpir_from_fmr(tail.fmr(t), live["size"] + 1))   # between FPIR at 2,040 and at 2,042

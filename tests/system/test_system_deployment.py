@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from dedup.store import migrate
 from dedup.uin import check_digit, is_valid, new_uin
-
-from conftest import Cli
+from tests.support.cli import Cli
 
 
 def test_migrations_apply_once_and_are_recorded(database_url: str) -> None:

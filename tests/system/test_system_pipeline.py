@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from conftest import Cli
+from tests.support.cli import Cli
 
 # Small codec training and in-process face work: the machine is shared.
 FAST = {"DEDUP_INDEX_TRAIN_SIZE": "1000", "DEDUP_FACE_WORKERS": "1"}
@@ -28,7 +28,7 @@ def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from PIL import Image
     from skimage import data
 
-    from dedup.demo import recapture
+    from dedup.bench.demo import recapture
 
     root = tmp_path_factory.mktemp("faces")
     astronaut = Image.fromarray(data.astronaut())
@@ -51,7 +51,7 @@ def batch(folder: Path, faces: Path, rows: list[tuple[str, str]]) -> Path:
     folder.mkdir(parents=True)
     for _, name in rows:
         (folder / name).write_bytes((faces / name).read_bytes())
-    when = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
     pq.write_table(pa.table({"enrolment_id": [r[0] for r in rows], "centre_id": ["C1"] * len(rows),
                              "captured_at": pa.array([when] * len(rows), pa.timestamp("us", tz="UTC")),
                              "photo": [r[1] for r in rows]}), folder / "m.parquet")
@@ -118,7 +118,7 @@ def test_killed_at_every_step_the_rerun_finishes_with_nothing_lost_or_doubled(de
         return subprocess.run([sys.executable, "-m", "dedup.cli", "run", "--once", "--json"], env=e, capture_output=True,
                               text=True, timeout=300)
 
-    from dedup.index.crash import CRASH_EXIT_CODE
+    from dedup.faults import CRASH_EXIT_CODE
 
     expected_after = {
         "run.claimed": {"processing"},

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Cli, write_batch
+from tests.support.cli import Cli
+from tests.support.manifests import write_batch
 
 
 def test_users_and_centres_need_an_admin(deployment: Cli) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import Cli, write_batch
+from tests.support.cli import Cli
+from tests.support.manifests import write_batch
 
 
 def reasons(receipt: dict) -> dict[str, str | None]:

@@ -1,10 +1,11 @@
-"""Fixtures for the web app: one embedded PostgreSQL for the session, a deployment per test
+"""Fixtures for the web app: the session's one embedded PostgreSQL (tests/conftest.py), a deployment per test
 module with a user of every role (web passwords set, centre API tokens made), real photos
 submitted the way centres submit them, cases opened with the same store calls ``dedup run``
 makes, and the app served by uvicorn over real HTTP on 127.0.0.1 and a free port."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -26,11 +27,14 @@ from psycopg.rows import dict_row
 
 from dedup.deployment import Deployment, init_deployment, open_deployment
 from dedup.ingest.submit import submit_batch
-from dedup.queue.cases import NewCandidate, open_case
+from dedup.adjudication.cases import decide
+from dedup.adjudication.queue import claim_next
+from dedup.store.cases import NewCandidate, open_case
 from dedup.store.centres import add_centre
 from dedup.store.identities import issue_uin
 from dedup.store.users import add_user, authenticate
-from dedup.web.auth import create_token, set_password
+from tests.support.pg import create_database
+from dedup.store.auth import create_token, set_password
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output" / "web"
@@ -41,29 +45,13 @@ PEOPLE = {"alice": "adjudicator", "bob": "adjudicator", "sue": "supervisor", "ro
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[Any]:
-    """A private PostgreSQL for the session, outside pytest's temporary root (see tests/system)."""
-    from dedup.store.db import _import_pgserver
-
-    root = Path(tempfile.mkdtemp(prefix="dedup-web-pg-"))
-    server = _import_pgserver().get_server(root / "data", cleanup_mode="delete")
-    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
-        conn.execute("ALTER SYSTEM SET fsync = off")
-        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-        conn.execute("SELECT pg_reload_conf()")
-    yield server
-    server.cleanup()
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     """Real photographs as JPEG bytes: two people (each twice: a second, re-framed capture) and a cat."""
     import matplotlib.cbook
     from PIL import Image
     from skimage import data
 
-    from dedup.demo import recapture
+    from dedup.bench.demo import recapture
 
     def jpeg(img: Image.Image, quality: int = 90) -> bytes:
         out = io.BytesIO()
@@ -161,14 +149,12 @@ class Site:
 
     def clear_queue(self) -> None:
         """Decide every open case out of the way (as the supervisor, through the store)."""
-        from dedup.queue.cases import claim_next, decide
-
         with self.conn() as conn:
             sue = authenticate(conn, "sue")
             conn.execute("UPDATE cases SET claimed_by = NULL, lease_until = NULL WHERE status = 'open'")
             conn.execute("UPDATE control_cases SET status = 'withdrawn' WHERE status = 'open'")
-            while (got := claim_next(conn, sue, 60)) is not None:
-                decide(conn, sue, got[0], "recapture", None, "cleared by the test")
+            while (got := claim_next(conn, sue, 60, control_rate=0.0)) is not None:
+                decide(conn, sue, got, "recapture", None, "cleared by the test")
 
 
 def _hidden(html: str, name: str) -> str:
@@ -213,10 +199,7 @@ class Server:
 
 def make_deployment(pg_server: Any, root: Path, **web: Any) -> tuple[Deployment, str]:
     """A deployment on a fresh database, with people (passwords set) and centres C1, C2."""
-    name = f"w_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(pg_server.get_uri("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = pg_server.get_uri(name)
+    url = create_database(pg_server, prefix="w_")
     init_deployment(root / "dep", url, admin="root")
     dep = open_deployment(root / "dep")
     if web:
@@ -232,11 +215,18 @@ def make_deployment(pg_server: Any, root: Path, **web: Any) -> tuple[Deployment,
     return dep, url
 
 
-@pytest.fixture(scope="module")
-def site(pg_server: Any, photos: dict[str, bytes]) -> Iterator[Site]:
-    """A deployment (blind mode off, no control pairs) served for one test module."""
+@contextlib.contextmanager
+def served_site(pg_server: Any, photos: dict[str, bytes], **sections: dict[str, Any]) -> Iterator[Site]:
+    """A fresh deployment with people and centre tokens, served until the block ends.
+
+    ``sections`` change settings, e.g. ``index={"train_size": 1000}``.
+    """
     root = Path(tempfile.mkdtemp(prefix="dedup-web-dep-"))
     dep, url = make_deployment(pg_server, root)
+    settings = dep.settings
+    for section, changes in sections.items():
+        settings = settings.replace(section, **changes)
+    dep = dataclasses.replace(dep, settings=settings)
     server = Server(dep)
     s = Site(dep, url, server.url, photos)
     with dep.database.session() as conn:
@@ -248,3 +238,10 @@ def site(pg_server: Any, photos: dict[str, bytes]) -> Iterator[Site]:
         s.close_clients()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site(pg_server: Any, photos: dict[str, bytes]) -> Iterator[Site]:
+    """A deployment (blind mode off, no control pairs) served for one test module."""
+    with served_site(pg_server, photos) as s:
+        yield s

@@ -1,0 +1,300 @@
+"""The six ABIS operations on the MOSIP gallery and the deployment's PostgreSQL.
+
+- INSERT: referenceId already active -> 10 (cheap: nothing is fetched; MOSIP treats 10 as
+  success). Else fetch the CBEFF, decrypt, take the face, embed it with dedup's face
+  pipeline, add it to the gallery under ``mosip-<referenceId>`` (``Gallery.add`` is
+  exactly-once per name), then store the reference and the response in one transaction.
+  No de-duplication at insert (ABIS API: "INSERT ... shall not perform de-duplication").
+- IDENTIFY: the probe is the stored template of ``referenceId`` (12 when not active), or the
+  CBEFF at ``referenceURL`` when no referenceId is given (not stored). Searched against the
+  whole MOSIP gallery, or only ``gallery.referenceIds`` (12 when one is not active), at the
+  threshold of :mod:`dedup.mosip.threshold`; the probe's own referenceId never comes back;
+  at most ``maxResults`` candidates, best first.
+- DELETE: 12 when not active; else the row leaves the gallery (a new generation) and the
+  reference is marked deleted with the response.
+- PING, PENDING_JOBS, REFERENCE_COUNT: answered from the consumer's state and the table.
+
+A crash between the gallery write and the database commit is repaired by redelivery: the
+INSERT is done again and ``Gallery.add`` returns the row it already has; a DELETE finds the
+row already removed. Biometric data (CBEFF, images, templates) is never logged or stored
+outside the gallery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import psycopg
+
+from dedup.deployment import Deployment
+from dedup.errors import DedupError, MosipFailure
+from dedup.faults import crash_point
+from dedup.mosip import messages as msg
+from dedup.mosip.codes import Failure
+from dedup.store import mosip as store
+
+log = logging.getLogger("dedup.mosip")
+
+GALLERY_PREFIX = "mosip-"  # gallery name of a reference: "mosip-<referenceId>"
+_DECODE_REASONS = {"not_an_image", "corrupt_image", "unsupported_format", "too_large", "not_found"}
+
+
+def gallery_name(reference_id: str) -> str:
+    """The id under which a reference's template is kept in the MOSIP gallery."""
+    return GALLERY_PREFIX + reference_id
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage (where the time goes; ``dedup abis serve --timings``)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: {"seconds": round(v, 4), "count": self.counts[k]} for k, v in sorted(self.seconds.items())}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one request produced: the response to send and the operator's detail."""
+
+    response: dict[str, Any]
+    detail: str
+    replayed: bool = False
+
+
+class Handler:
+    """Answers parsed requests (one at a time, in queue order)."""
+
+    def __init__(self, dep: Deployment, conn: psycopg.Connection[Any], fetch: Callable[[str], bytes],
+                 decrypt: Callable[[bytes], bytes] | None, pending_jobs: Callable[[], int] = lambda: 0) -> None:
+        self.dep = dep
+        self.conn = conn
+        self.fetch = fetch
+        self.decrypt = decrypt
+        self.pending_jobs = pending_jobs
+        face = dep.settings.face
+        formats = face.format_list if "JPEG2000" in face.format_list else (*face.format_list, "JPEG2000")
+        self.face_settings = dep.settings.replace("face", formats=",".join(formats)).face
+        self.gallery_root = dep.home / dep.settings.mosip.gallery_dir
+        self._model: Any = None
+        self._gallery: Any = None
+        self.timings = Timings()
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, parsed: msg.Parsed, message_type: str, received_at: datetime) -> Outcome:
+        """The response to one message (stored before it is returned, when it has a requestId)."""
+        if parsed.request_id:
+            stored = store.stored_response(self.conn, parsed.request_id)
+            if stored is not None:
+                return Outcome(stored[0], "answered before", replayed=True)
+        if parsed.failure is not None or parsed.request is None:
+            exc = parsed.failure or MosipFailure(Failure.INVALID_STRUCTURE, "unreadable request")
+            return self._fail(parsed, None, exc, message_type, received_at)
+        req = parsed.request
+        try:
+            if req.op == msg.INSERT:
+                return self._insert(parsed, req, message_type, received_at)
+            if req.op == msg.IDENTIFY:
+                extra = self._identify(req)
+            elif req.op == msg.DELETE:
+                return self._delete(parsed, req, message_type, received_at)
+            elif req.op == msg.PING:
+                extra = {}
+            elif req.op == msg.PENDING_JOBS:
+                extra = {"jobscount": str(int(self.pending_jobs()))}
+            else:
+                extra = {"count": str(store.active_count(self.conn))}
+        except MosipFailure as exc:
+            return self._fail(parsed, req, exc, message_type, received_at)
+        except psycopg.Error:
+            raise  # the database is gone: nothing can be stored, so nothing is answered (redelivered later)
+        except DedupError as exc:
+            return self._fail(parsed, req, MosipFailure(Failure.INTERNAL_ERROR, str(exc)), message_type, received_at)
+        response = msg.success(parsed.echo_id, req.request_id, **extra)
+        return self._answer(parsed, req, response, "", message_type, received_at)
+
+    def _answer(self, parsed: msg.Parsed, req: msg.Request | None, response: dict[str, Any], detail: str,
+                message_type: str, received_at: datetime) -> Outcome:
+        if not parsed.request_id:
+            return Outcome(response, detail)  # no key to store it under; MOSIP cannot correlate it anyway
+        answer = store.Answer(parsed.request_id, parsed.echo_id or "?", req.reference_id if req else None,
+                              response, detail, message_type, received_at)
+        return Outcome(store.record_answer(self.conn, answer), detail)
+
+    def _fail(self, parsed: msg.Parsed, req: msg.Request | None, exc: MosipFailure, message_type: str,
+              received_at: datetime) -> Outcome:
+        response = msg.failure(parsed.echo_id, parsed.request_id, exc.code)
+        return self._answer(parsed, req, response, f"{exc.code}: {exc}", message_type, received_at)
+
+    # ------------------------------------------------------------------ operations
+
+    def _insert(self, parsed: msg.Parsed, req: msg.Request, message_type: str, received_at: datetime) -> Outcome:
+        assert req.reference_id is not None and req.reference_url is not None
+        try:
+            if store.active_row(self.conn, req.reference_id) is not None:
+                raise MosipFailure(Failure.REFERENCE_ID_EXISTS, "the referenceId is already in the gallery")
+            vector = self.template(req.reference_url)
+            gallery = self.gallery(vector.shape[0])
+            with self.timings.stage("gallery_add"):
+                row = int(gallery.add(vector[None, :], [gallery_name(req.reference_id)], model_id=self.model().model_id)[0])
+        except MosipFailure as exc:
+            return self._fail(parsed, req, exc, message_type, received_at)
+        except DedupError as exc:
+            return self._fail(parsed, req, MosipFailure(Failure.INTERNAL_ERROR, str(exc)), message_type, received_at)
+        crash_point("abis.inserted")  # in the gallery, not yet in the database: redelivery repairs it
+        response = msg.success(parsed.echo_id, req.request_id)
+        answer = store.Answer(req.request_id, req.op, req.reference_id, response, "", message_type, received_at)
+        with self.timings.stage("database"):
+            return Outcome(store.record_insert(self.conn, answer, req.reference_id, row), "")
+
+    def _delete(self, parsed: msg.Parsed, req: msg.Request, message_type: str, received_at: datetime) -> Outcome:
+        assert req.reference_id is not None
+        row = store.active_row(self.conn, req.reference_id)
+        if row is None:
+            return self._fail(parsed, req, MosipFailure(Failure.REFERENCE_ID_NOT_FOUND, "the referenceId is not in the gallery"),
+                              message_type, received_at)
+        try:
+            self.open_gallery().remove(np.array([row], dtype=np.int64))
+        except DedupError as exc:
+            return self._fail(parsed, req, MosipFailure(Failure.INTERNAL_ERROR, str(exc)), message_type, received_at)
+        crash_point("abis.deleted")
+        response = msg.success(parsed.echo_id, req.request_id)
+        answer = store.Answer(req.request_id, req.op, req.reference_id, response, "", message_type, received_at)
+        return Outcome(store.record_delete(self.conn, answer, req.reference_id), "")
+
+    def _identify(self, req: msg.Request) -> dict[str, Any]:
+        from dedup.index.params import SearchParams
+        from dedup.mosip.threshold import choose
+
+        probe_ref = req.reference_id
+        if probe_ref is not None:
+            row = store.active_row(self.conn, probe_ref)
+            if row is None:
+                raise MosipFailure(Failure.REFERENCE_ID_NOT_FOUND, "the probe's referenceId is not in the gallery")
+            with self.timings.stage("probe_vector"):
+                probe = self.open_gallery().exact_vectors(np.array([row], dtype=np.int64))[0]
+        else:
+            assert req.reference_url is not None
+            probe = self.template(req.reference_url)
+        restricted: dict[str, int] | None = None
+        if req.gallery is not None:
+            restricted = store.active_rows(self.conn, req.gallery)
+            missing = [r for r in req.gallery if r not in restricted]
+            if missing:
+                raise MosipFailure(Failure.REFERENCE_ID_NOT_FOUND, f"{len(missing)} gallery referenceId(s) are not in the gallery")
+        settings = self.dep.settings
+        max_results = req.max_results or settings.mosip.max_results
+        with self.timings.stage("threshold"):
+            choice = choose(self.dep, req.target_fpir, store.active_count(self.conn))
+        found: dict[str, float] = {}
+        if restricted is not None:
+            if restricted:
+                refs = list(restricted)
+                vectors = self.open_gallery().exact_vectors(np.array([restricted[r] for r in refs], dtype=np.int64))
+                scores = vectors @ probe.astype(np.float32)
+                found = {r: float(s) for r, s in zip(refs, scores.tolist()) if s >= choice.threshold}
+        else:
+            gallery = self.open_gallery()
+            if len(gallery):
+                params = SearchParams.from_settings(settings.search, choice.threshold)
+                params = dataclasses.replace(params, max_candidates=max(params.max_candidates, max_results + 1))
+                with self.timings.stage("gallery_search"):
+                    result = gallery.search(probe[None, :].astype(np.float32), params)
+                with self.timings.stage("database"):
+                    refs_of = store.references_of_rows(self.conn, result.row_ids.tolist())
+                for row_id, score in zip(result.row_ids.tolist(), result.scores.tolist()):
+                    ref = refs_of.get(int(row_id))
+                    if ref is not None:  # rows of deleted references, or never committed, are not candidates
+                        found[ref] = max(found.get(ref, -2.0), float(score))
+        found.pop(probe_ref, None)  # never the probe itself
+        best = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:max_results]
+        return {"candidateList": {"count": str(len(best)), "candidates": [self._candidate(r, s, choice) for r, s in best]}}
+
+    @staticmethod
+    def _candidate(reference_id: str, score: float, choice: Any) -> dict[str, Any]:
+        fpir = choice.fpir_at(score)
+        analytics = {
+            "internalScore": f"{score:.6f}",
+            "confidence": f"{100.0 * (1.0 - fpir):.2f}" if fpir is not None else f"{100.0 * max(score, 0.0):.2f}",
+            "fpir": "" if fpir is None else f"{fpir:.3g}",
+            "threshold": f"{choice.threshold:.6f}",
+            "thresholdSource": choice.source,
+        }
+        return {"referenceId": reference_id, "analytics": analytics,
+                "modalities": [{"biometricType": "FID", "analytics": dict(analytics)}]}
+
+    # ------------------------------------------------------------------ biometrics
+
+    def template(self, url: str) -> np.ndarray:
+        """The face template of the CBEFF at ``url`` (fetch, decrypt, parse, embed)."""
+        from dedup.face import PhotoBytes, embed_photos
+        from dedup.mosip.cbeff import face_segments
+        from dedup.mosip.iso19794_5 import face_image
+
+        with self.timings.stage("fetch"):
+            body = self.fetch(url)
+        with self.timings.stage("decrypt"):
+            document = self.decrypt(body) if self.decrypt is not None else body
+        with self.timings.stage("cbeff_parse"):
+            segments = face_segments(document)
+            images = [face_image(s.bdb) for s in segments]
+        items = [PhotoBytes(f"cbeff-face-{s.index}", im.data) for s, im in zip(segments, images)]
+        model = self.model()
+        with self.timings.stage("face_pipeline"):
+            result = embed_photos(items, self.face_settings, model=model)
+        passed = [r for r in result.results if r.ok]
+        if passed:
+            best = max(passed, key=lambda r: r.quality)
+            return np.asarray(result.embeddings[best.row], dtype=np.float32)
+        first = result.results[0]
+        if first.reason in _DECODE_REASONS:
+            raise MosipFailure(Failure.INVALID_CBEFF_FORMAT, f"the face image cannot be decoded ({first.reason})")
+        if first.reason == "processing_error":
+            raise MosipFailure(Failure.INTERNAL_ERROR, "the face pipeline failed on the image")
+        raise MosipFailure(Failure.QUALITY_CHECK_FAILED, f"the face image fails the quality check ({first.reason}: {first.detail})")
+
+    def model(self) -> Any:
+        """The face model, loaded once."""
+        if self._model is None:
+            from dedup.face import load_model
+
+            self._model = load_model(self.face_settings)
+        return self._model
+
+    def gallery(self, dim: int) -> Any:
+        """The MOSIP gallery (created and trained on first use)."""
+        if self._gallery is None:
+            from dedup.pipeline import ensure_gallery
+
+            self._gallery = ensure_gallery(self.dep, self.model().model_id, dim, root=self.gallery_root)
+        return self._gallery
+
+    def open_gallery(self) -> Any:
+        """The MOSIP gallery for reading (it exists once anything was inserted)."""
+        if self._gallery is None:
+            if not (Path(self.gallery_root) / "CURRENT").exists():
+                from dedup.errors import GalleryError
+
+                raise GalleryError(f"{self.gallery_root}: no MOSIP gallery yet")
+            return self.gallery(self.face_settings.output_dim)
+        return self._gallery
