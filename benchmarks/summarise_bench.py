@@ -18,7 +18,7 @@ def main() -> None:
     print("|" + "---|" * 17)
     for path in sorted((HERE / "results").glob("bench-*.json"), key=lambda p: (json.loads(p.read_text())["gallery_size"], p.name)):
         r = json.loads(path.read_text())
-        flat = r["baselines"]["flat"]
+        flat = r["baselines"].get("exact") or r["baselines"]["flat"]  # "flat": the exact baseline's old name
         hnsw = r["baselines"].get("hnsw")
         codec = r["codec"]
         hn = f"{hnsw['probes_per_s']:,.0f} ({hnsw['duplicate_recall']:.4f})" if hnsw else "-"

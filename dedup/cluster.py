@@ -28,9 +28,10 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ CRASH_POINT = "cluster.shard_search"
 
 
 def connect(scheduler: str | None = None, workers: int = 0, threads_per_worker: int = 1,
-            timeout: float = 30.0, memory_limit: str | int = "auto") -> "Any":
+            timeout: float = 30.0, memory_limit: str | int = "auto") -> Any:
     """A Dask ``Client``: joins ``scheduler`` when given, else starts a LocalCluster.
 
     The LocalCluster runs ``workers`` worker processes (0: one per core) of
@@ -91,7 +92,7 @@ class WorkerInfo:
     gpus: float
 
 
-def list_workers(client: "Any") -> list[WorkerInfo]:
+def list_workers(client: Any) -> list[WorkerInfo]:
     """The scheduler's current workers, sorted by name."""
     info = client.scheduler_info(n_workers=-1)["workers"]
     out = [WorkerInfo(address=addr, name=str(w.get("name", addr)), nthreads=int(w.get("nthreads", 1)),
@@ -464,7 +465,8 @@ def search_gallery(client: Any, root: Path | str, probes: np.ndarray, params: Se
 
     gallery = Gallery.open(Path(root))
     probes = check_probes(probes, gallery.dim)
-    return search_shards(client, gallery.shard_paths(), probes, params, plan)
+    # The codec's measured bounds travel with the parameters, so workers search as Gallery.search does.
+    return search_shards(client, gallery.shard_paths(), probes, gallery.with_bounds(params), plan)
 
 
 def worker_loads(client: Any) -> dict[str, list[str]]:

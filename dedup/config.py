@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from dedup.errors import ConfigError
 
@@ -46,6 +47,7 @@ class IndexSettings:
     exact_dtype: str = setting("float32", "dtype of the exact vectors kept for re-ranking: float32 (exact decisions) or float16 (half the disk; scores move by up to ~1e-4, so pairs right at the threshold can flip)")
     keep_generations: int = setting(2, "old gallery generations kept on disk after a switch (for readers still using them)")
     small_shard_limit: int = setting(8, "when a write leaves more than this many shards under 1/8 of shard_capacity, it merges them into one")
+    verify_on_open_bytes: int = setting(256 << 20, "a shard's vectors.bin up to this size is checked against its SHA-256 when the shard is opened; larger ones are checked before the shard's first search result is used")
 
     def __post_init__(self) -> None:
         require(self.nlist >= 0, "nlist must be >= 0")
@@ -56,13 +58,14 @@ class IndexSettings:
         require(self.exact_dtype in ("float16", "float32"), "exact_dtype must be float16 or float32")
         require(self.keep_generations >= 1, "keep_generations must be >= 1")
         require(self.small_shard_limit >= 1, "small_shard_limit must be >= 1")
+        require(self.verify_on_open_bytes >= 0, "verify_on_open_bytes must be >= 0")
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     """How probes are searched against the gallery and candidates decided."""
 
-    threshold: float = setting(0.0, "exact cosine at or above which a gallery row is a candidate; 0 means the model's documented operating point")
+    threshold: float = setting(0.0, "exact cosine at or above which a gallery row is a candidate; 0 (the default) follows the threshold in force: the deployment's calibration, else the face model's card, for calibration.target_fpir at the gallery's size (rising as it grows); a value pins it, with a warning when it implies an FPIR above the target")
     nprobe: int = setting(48, "IVF lists visited per probe (deepened probes visit more)")
     depth: int = setting(16, "PQ-ranked rows re-ranked exactly per probe before deepening")
     max_depth: int = setting(4096, "deepest a probe is searched when all of its re-ranked rows are above the threshold")
@@ -104,6 +107,9 @@ class StoreSettings:
     run_batch_size: int = setting(1024, "received enrolments `dedup run` takes per step (one embed + search + decide unit)")
     max_photo_bytes: int = setting(20_000_000, "largest photo accepted at submission, in bytes")
     max_photo_pixels: int = setting(40_000_000, "largest photo accepted at submission, in pixels (width x height)")
+    max_manifest_rows: int = setting(1_000_000, "most rows one batch manifest may have (checked from the Parquet metadata before anything is decoded)")
+    max_manifest_chunk_bytes: int = setting(256_000_000, "most decoded bytes of one photo column chunk (one row group) of a manifest; larger row groups are refused from the metadata, so this bounds the memory a manifest takes")
+    max_manifest_field_bytes: int = setting(128_000_000, "most decoded bytes of all a manifest's other columns together (ids, dates, demographics), checked from the metadata")
 
     def __post_init__(self) -> None:
         require(self.database_url == "" or self.database_url.startswith(("postgresql://", "postgres://")),
@@ -112,6 +118,9 @@ class StoreSettings:
         require(self.run_batch_size >= 1, "run_batch_size must be >= 1")
         require(self.max_photo_bytes >= 1024, "max_photo_bytes must be >= 1024")
         require(self.max_photo_pixels >= 10_000, "max_photo_pixels must be >= 10000")
+        require(self.max_manifest_rows >= 1, "max_manifest_rows must be >= 1")
+        require(self.max_manifest_chunk_bytes >= self.max_photo_bytes, "max_manifest_chunk_bytes must be >= max_photo_bytes (a row group holds at least one photo)")
+        require(self.max_manifest_field_bytes >= 1_000_000, "max_manifest_field_bytes must be >= 1000000")
 
 
 def _float_triple(text: str) -> tuple[float, float, float] | None:
@@ -119,7 +128,7 @@ def _float_triple(text: str) -> tuple[float, float, float] | None:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         return None
-    return values if len(values) == 3 else None  # type: ignore[return-value]
+    return (values[0], values[1], values[2]) if len(values) == 3 else None
 
 
 @dataclass(frozen=True)
@@ -221,9 +230,12 @@ class CalibrationSettings:
     tail_fraction: float = setting(1e-4, "fraction of sampled impostor pairs above the tail model's threshold u (generalized Pareto fitted above u)")
     bootstrap: int = setting(200, "bootstrap replicates over templates for the threshold's confidence interval")
     confidence: float = setting(0.95, "confidence level of every interval reported by eval and calibrate")
+    hold_with_confidence: bool = setting(True, "the threshold in force is the upper end of the threshold's bootstrap interval (at confidence), so the target FPIR holds with that confidence; false takes the point estimate (more duplicates caught, FPIR may exceed the target)")
+    refresh_every: float = setting(2.0, "`dedup run` re-samples the gallery's impostor pairs and refits the tail when the gallery has grown by this factor since the last refresh (2: at every doubling; 0: never)")
 
     def __post_init__(self) -> None:
         require(0.0 < self.target_fpir < 1.0, "target_fpir must be between 0 and 1")
+        require(self.refresh_every == 0 or self.refresh_every > 1.0, "refresh_every must be 0 (never) or a growth factor above 1")
         require(self.impostor_pairs >= 1000, "impostor_pairs must be >= 1000")
         require(0.0 < self.tail_fraction < 0.5, "tail_fraction must be between 0 and 0.5")
         require(self.bootstrap >= 0, "bootstrap must be >= 0")
@@ -243,6 +255,22 @@ class WebSettings:
     lockout_seconds: int = setting(900, "how long a locked account stays locked")
     cookie_secure: bool = setting(False, "send cookies only over HTTPS (set true behind a TLS proxy)")
     max_upload_bytes: int = setting(2_000_000_000, "largest API batch upload (manifest and photos together), in bytes")
+    uploads_per_token: int = setting(2, "batch uploads one centre user (its API tokens together) may have in progress at once; more answer 429")
+    body_idle_timeout: float = setting(30.0, "seconds an upload may send nothing before it is cut off (408)")
+    body_timeout: float = setting(1800.0, "seconds a whole upload body may take (408 after)")
+    keep_alive_seconds: int = setting(5, "seconds an idle HTTP connection is kept open between requests (uvicorn timeout_keep_alive)")
+    max_http_connections: int = setting(1000, "HTTP connections and requests served at once (uvicorn limit_concurrency); more answer 503")
+    db_pool_size: int = setting(10, "PostgreSQL connections `dedup serve` keeps at most (one pool); requests wait for a free one")
+    db_reserved_connections: int = setting(10, "connections of the server's max_connections `dedup serve` leaves to `dedup run`, the CLI and others; it refuses to start when db_pool_size does not leave them")
+    db_pool_timeout: float = setting(10.0, "seconds a request waits for a pooled database connection before it answers 503")
+    login_concurrency: int = setting(4, "password checks run at once (each argon2 check takes 64 MiB); more logins wait")
+    throttle_window: int = setting(900, "seconds over which failed logins from one client address are counted")
+    throttle_free_failures: int = setting(3, "failed logins from one address in the window before each further attempt is delayed")
+    throttle_max_delay: float = setting(8.0, "longest delay of a login attempt from a failing address (the delay doubles per failure, from 0.5 s)")
+    throttle_max_failures: int = setting(20, "failed logins from one address in the window after which its attempts answer 429 without checking the password")
+    crop_workers: int = setting(2, "face crops cut at once (each its own detector); more requests wait for one")
+    crop_max_pixels: int = setting(4_000_000, "photos larger than this (width x height) are scaled down before a crop is cut, bounding the work per crop")
+    crop_wait_seconds: float = setting(10.0, "seconds a crop request waits for a free crop worker before it answers 503")
 
     def __post_init__(self) -> None:
         require(self.host != "", "host must not be empty")
@@ -252,6 +280,21 @@ class WebSettings:
         require(self.lockout_attempts >= 1, "lockout_attempts must be >= 1")
         require(self.lockout_seconds >= 1, "lockout_seconds must be >= 1")
         require(self.max_upload_bytes >= 1024, "max_upload_bytes must be >= 1024")
+        require(self.uploads_per_token >= 1, "uploads_per_token must be >= 1")
+        require(self.body_idle_timeout > 0 and self.body_timeout >= self.body_idle_timeout, "need 0 < body_idle_timeout <= body_timeout")
+        require(self.keep_alive_seconds >= 1, "keep_alive_seconds must be >= 1")
+        require(self.max_http_connections >= 8, "max_http_connections must be >= 8")
+        require(self.db_pool_size >= 2, "db_pool_size must be >= 2")
+        require(self.db_reserved_connections >= 0, "db_reserved_connections must be >= 0")
+        require(self.db_pool_timeout > 0, "db_pool_timeout must be > 0")
+        require(self.login_concurrency >= 1, "login_concurrency must be >= 1")
+        require(self.throttle_window >= 1, "throttle_window must be >= 1")
+        require(self.throttle_free_failures >= 0, "throttle_free_failures must be >= 0")
+        require(self.throttle_max_delay >= 0, "throttle_max_delay must be >= 0")
+        require(self.throttle_max_failures > self.throttle_free_failures, "throttle_max_failures must be > throttle_free_failures")
+        require(self.crop_workers >= 1, "crop_workers must be >= 1")
+        require(self.crop_max_pixels >= 100_000, "crop_max_pixels must be >= 100000")
+        require(self.crop_wait_seconds > 0, "crop_wait_seconds must be > 0")
 
 
 @dataclass(frozen=True)
@@ -307,7 +350,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     mosip: MosipSettings = field(default_factory=MosipSettings)
 
-    def replace(self, section: str, **changes: Any) -> "Settings":
+    def replace(self, section: str, **changes: Any) -> Settings:
         """Return a copy with some fields of one section changed (validated)."""
         current = getattr(self, section)
         return dataclasses.replace(self, **{section: _coerce_section(type(current), {**_as_dict(current), **changes}, f"[{section}]")})
@@ -315,7 +358,7 @@ class Settings:
 
 def sections() -> dict[str, type]:
     """Section name -> dataclass, in declaration order."""
-    return {f.name: type(f.default_factory()) for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+    return {f.name: type(f.default_factory()) for f in dataclasses.fields(Settings)}  # type: ignore[operator]
 
 
 def describe() -> list[dict[str, Any]]:

@@ -38,6 +38,12 @@ class ModelMismatch(GalleryError):
     """Templates from one face model were offered to a gallery built for another."""
 
 
+class DiskError(DedupError):
+    """A write ran out of disk (ENOSPC, quota) or hit an I/O error; what was written before is intact."""
+
+    exit_code = 10
+
+
 class BadInput(DedupError):
     """An input file (manifest, template file, job file) cannot be used as given."""
 
@@ -126,3 +132,35 @@ class MosipFailure(DedupError):
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(detail)
         self.code = code
+
+
+class Throttled(DedupError):
+    """One client asks too much at once or too often (HTTP 429): failed logins from its address,
+    uploads in progress for its token. ``retry_after`` is in seconds."""
+
+    exit_code = 10
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(DedupError):
+    """A request body came too slowly or stopped coming (HTTP 408)."""
+
+    exit_code = 10
+    http_status = 408
+
+
+class Busy(DedupError):
+    """The server has no free worker for this request within its wait (HTTP 503); try again."""
+
+    exit_code = 10
+    http_status = 503
+
+
+class NoOperatingPoint(ConfigError):
+    """No threshold can be known for the face model: no model card, no calibration, no explicit setting."""
+
+    exit_code = 2

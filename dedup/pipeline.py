@@ -18,10 +18,15 @@ three recorded states, and each step is either repeatable or recorded atomically
    per enrolment: a repeat returns the existing rows), then the unit is marked done and its
    work file deleted.
 
-At the start of a run and after each unit enters the gallery, the configured threshold is
-checked against the deployment's calibration (``calibration.json``) at the gallery's new
-size: when the gallery has outgrown it, the run's report carries a warning (once per run)
-and a ``run.threshold_warning`` audit row records it. The run itself goes on.
+**The threshold** is ``dedup.operating_point.threshold_in_force`` at the gallery's size,
+asked again for every unit: as the gallery grows it rises (never falls by itself, ``ratchet``),
+and a change is a ``threshold.raised`` (or ``threshold.set``) audit row in the unit's decision
+transaction, with the old and new value, N and the FPIR. Each unit records the threshold its
+enrolments were judged at (``run_units.threshold``, shown by ``dedup status``/``report``). A
+run refuses to start, before anything is claimed or searched, when the face model has no
+threshold (no model card, no calibration: ``NoOperatingPoint``). An explicit
+``search.threshold`` whose FPIR at N is above the target is a warning (once per run: report,
+stderr, a ``run.threshold_warning`` audit row); the run goes on.
 
 A rerun first finishes unfinished units in order, then claims new ones. One ``dedup run``
 works on a deployment at a time (a PostgreSQL advisory lock held for the run), which is
@@ -45,10 +50,12 @@ import pyarrow.parquet as pq
 
 from dedup.deployment import Deployment
 from dedup.errors import Conflict, GalleryError, ModelMismatch
+from dedup.evaluation import live
 from dedup.faults import crash_point
 from dedup.fsutil import atomic_path
 from dedup.ids import SYNTHETIC_PREFIX, enrolment_pk_of, gallery_name, is_synthetic
 from dedup.ingest.photos import photo_store
+from dedup.operating_point import ThresholdInForce
 from dedup.store import audit, runs
 from dedup.store.cases import NewCandidate, open_case
 from dedup.store.gallery_members import standing_enrolments
@@ -100,13 +107,6 @@ class UnitTemplates:
         return np.array([r is None for r in self.reasons], dtype=bool)
 
 
-def threshold_of(dep: Deployment) -> float:
-    """The candidate threshold: ``search.threshold``, or the face model's operating point when 0."""
-    from dedup.face import DEFAULT_COSINE_THRESHOLD
-
-    return dep.settings.search.threshold or DEFAULT_COSINE_THRESHOLD
-
-
 def synthetic_sample(dim: int, n: int, seed: int = 7) -> np.ndarray:
     """Face-like synthetic templates in a ``dim``-d model space (for training a codec)."""
     from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
@@ -119,16 +119,18 @@ def ensure_gallery(dep: Deployment, model_id: str, dim: int, train_sample: np.nd
                    root: Path | None = None) -> Any:
     """Open the deployment's gallery, creating it and training its codec when needed.
 
+    The gallery is checked against the database's record of it (``dedup.index.deployed``):
+    files and record must agree, else ``GalleryError`` with a repair hint. It is created
+    only when the database has no record of one and its folder holds nothing of a gallery,
+    never over existing generations or shards (a lost ``CURRENT`` is damage, not emptiness).
     A new gallery's codec is trained on ``train_sample``, by default a face-like synthetic
     sample in the model's space (a bootstrap: decisions use exact scores; the codec only
     proposes candidates). ``root`` names another gallery folder of the deployment (MOSIP mode's).
     """
-    from dedup.index.gallery import Gallery
+    from dedup.index import deployed
 
     root = root if root is not None else dep.gallery
-    if not (root / "CURRENT").exists():
-        Gallery.create(root, model_id, dim, dep.settings.index)
-    gallery = Gallery.open(root, dep.settings.index)
+    gallery = deployed.ensure_gallery(dep, root, model_id, dim)
     if gallery.model_id != model_id:
         raise ModelMismatch(f"the gallery holds templates of model {gallery.model_id!r}, the face pipeline makes {model_id!r}")
     if gallery.codec is None:
@@ -151,6 +153,7 @@ class Runner:
         self._gallery: Any = None
         self._client: Any = None
         self._threshold_warned = False
+        self._in_force: dict[int, ThresholdInForce] = {}   # unit -> the threshold its search used
         self.report = RunReport()
 
     # ------------------------------------------------------------------ the loop
@@ -163,7 +166,8 @@ class Runner:
             if not try_run_lock(lock_conn):
                 raise Conflict("another `dedup run` is working on this deployment; wait for it or stop it")
             with self.dep.database.session() as conn:
-                self._check_threshold(conn)
+                self._check_gallery()  # before anything is claimed: a damaged gallery decides nothing
+                self._check_threshold(conn, self.threshold_now(conn, self.settings_model_id()))  # refuses without one
                 while True:
                     worked = self._step(conn)
                     if not worked:
@@ -238,7 +242,10 @@ class Runner:
         """Candidates per enrolment pk (gallery, same unit, in flight), capped at max_candidates."""
         from dedup.index.params import SearchParams
 
-        threshold = threshold_of(self.dep)
+        in_force = self.threshold_now(conn, unit.model_id)
+        self._in_force[unit_id] = in_force
+        self._check_threshold(conn, in_force)
+        threshold = in_force.value
         params = SearchParams.from_settings(self.dep.settings.search, threshold)
         ok = np.flatnonzero(unit.ok)
         found: dict[int, list[NewCandidate]] = {int(unit.pks[i]): [] for i in ok}
@@ -321,9 +328,13 @@ class Runner:
                     counts["accepted"] += 1
                 if i == 0:
                     crash_point("run.deciding")  # mid-transaction: nothing of the unit may survive
-            runs.mark_unit_decided(conn, unit_id, unit.model_id)
+            in_force = self._in_force[unit_id]
+            self._record_threshold(conn, unit_id, in_force)
+            runs.mark_unit_decided(conn, unit_id, unit.model_id, runs.UnitThreshold(
+                in_force.value, in_force.source, in_force.basis, in_force.gallery_size, in_force.fpir))
             audit.record(conn, SYSTEM.name, "run.decide", "unit", unit_id,
-                         {**counts, "capped_probes": capped, "rejected_reasons": reasons, "started_by": self.actor.name})
+                         {**counts, "capped_probes": capped, "rejected_reasons": reasons, "started_by": self.actor.name,
+                          "threshold": in_force.value})
         crash_point("run.decided")
         r = self.report
         r.units += 1
@@ -345,32 +356,53 @@ class Runner:
         runs.mark_unit_done(conn, unit_id)
         self._work_file(unit_id).unlink(missing_ok=True)  # the templates live in the gallery now
         if ok.size:
-            self._check_threshold(conn)
+            in_force = self.threshold_now(conn, unit.model_id)
+            self._check_threshold(conn, in_force)
+            live.refresh_if_due(self.dep, conn, self._gallery, in_force.value, SYSTEM.name,  # issue 13: self-measurement
+                                self.report.warnings, self.progress)
 
-    def _check_threshold(self, conn: psycopg.Connection[Any]) -> None:
-        """Warn (report, progress, one audit row per run) when the gallery has outgrown the threshold."""
-        from dedup.errors import DedupError
-        from dedup.evaluation.calibrate import check_deployment_threshold
+    def threshold_now(self, conn: psycopg.Connection[Any], model_id: str) -> ThresholdInForce:
+        """The threshold in force at the gallery's size now, never below the last unit's on the same basis."""
+        from dedup.operating_point import ratchet, threshold_in_force
 
-        if self._threshold_warned:
+        now = threshold_in_force(model_id, self.gallery_size(), self.dep.settings, self.dep.home)
+        last = runs.last_threshold(conn, model_id)
+        return ratchet(now, None if last is None else last.value, None if last is None else last.basis)
+
+    def _record_threshold(self, conn: psycopg.Connection[Any], unit_id: int, in_force: ThresholdInForce) -> None:
+        """A changed threshold is an audit row, in the decision's transaction (so exactly once)."""
+        last = runs.last_threshold(conn, in_force.model_id)
+        if last is not None and last.basis == in_force.basis and abs(last.value - in_force.value) < 1e-12:
             return
-        try:
-            check = check_deployment_threshold(self.dep.home, self.gallery_size())
-        except DedupError as exc:  # a broken calibration.json must not stop enrolment
-            self._threshold_warned = True
-            self.report.warnings.append(f"threshold not checked: {exc}")
-            self.progress(f"warning: threshold not checked: {exc}")
-            return
-        if check is None or check.ok:
+        raised = last is not None and last.basis == in_force.basis and in_force.value > last.value
+        audit.record(conn, SYSTEM.name, "threshold.raised" if raised else "threshold.set", "settings", "search.threshold", {
+            "old": None if last is None else last.value, "new": in_force.value, "gallery_size": in_force.gallery_size,
+            "fpir": in_force.fpir, "fpir_ci": None if in_force.fpir_ci is None else list(in_force.fpir_ci),
+            "target_fpir": in_force.target_fpir, "source": in_force.source, "basis": in_force.basis,
+            "old_basis": None if last is None else last.basis, "unit": unit_id, "model_id": in_force.model_id})
+        self.progress(f"unit {unit_id}: threshold {'raised' if raised else 'set'} to {in_force.value:.4f} "
+                      f"({in_force.source}, gallery size {in_force.gallery_size:,})")
+
+    def _check_threshold(self, conn: psycopg.Connection[Any], in_force: ThresholdInForce) -> None:
+        """Say the threshold's warnings (an explicit threshold above the target FPIR): report, progress, one audit row per run."""
+        if self._threshold_warned or not in_force.warnings:
             return
         self._threshold_warned = True
-        self.report.warnings.append(check.message)
-        self.progress(f"warning: {check.message}")
+        for message in in_force.warnings:
+            self.report.warnings.append(message)
+            self.progress(f"warning: {message}")
         with conn.transaction():
             audit.record(conn, SYSTEM.name, "run.threshold_warning", "settings", "search.threshold", {
-                "threshold": check.threshold, "target_fpir": check.target_fpir, "gallery_size": check.gallery_size,
-                "fpir": check.fpir, "fpir_ci": list(check.fpir_ci), "required_threshold": check.required_threshold,
-                "started_by": self.actor.name})
+                "threshold": in_force.value, "source": in_force.source, "target_fpir": in_force.target_fpir,
+                "gallery_size": in_force.gallery_size, "fpir": in_force.fpir,
+                "fpir_ci": None if in_force.fpir_ci is None else list(in_force.fpir_ci),
+                "warnings": list(in_force.warnings), "started_by": self.actor.name})
+
+    def settings_model_id(self) -> str:
+        """The model id the face settings make (from the weight file alone, without loading the network)."""
+        from dedup.face.model import ModelSpec, model_id_for
+
+        return model_id_for(ModelSpec.from_settings(self.dep.settings.face))
 
     # ------------------------------------------------------------------ resources
 
@@ -385,15 +417,24 @@ class Runner:
             self._model = _MODELS[key]
         return self._model
 
+    def _check_gallery(self) -> None:
+        """The gallery, when the deployment has one, must open and agree with the database's
+        record, and its shards must pass their checks: ``GalleryError`` otherwise."""
+        from dedup.index import deployed
+
+        if self._gallery is None:
+            gallery = deployed.open_gallery(self.dep)
+            if gallery is not None and gallery.codec is not None:  # an untrained one is trained on first use
+                self._gallery = gallery
+
     def gallery_size(self) -> int:
         """Templates in the deployment's gallery now (0 before it exists)."""
         if self._gallery is not None:
             return len(self._gallery)
-        if not (self.dep.gallery / "CURRENT").exists():
-            return 0
-        from dedup.index.gallery import Gallery
+        from dedup.index import deployed
 
-        return len(Gallery.open(self.dep.gallery, self.dep.settings.index))
+        gallery = deployed.open_gallery(self.dep)
+        return len(gallery) if gallery is not None else 0
 
     def gallery(self, model_id: str, dim: int) -> Any:
         """The deployment's gallery (created and trained on first use)."""

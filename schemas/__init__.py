@@ -8,7 +8,7 @@ writes is written with one of these, and every one it reads is checked against t
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import pyarrow as pa
 
@@ -101,6 +101,7 @@ REPORT_SCHEMA = pa.schema(
         pa.field("uin", pa.string(), nullable=True),  # accepted: the UIN issued
         pa.field("duplicate_of", pa.string(), nullable=True),  # duplicate: the existing UIN
         pa.field("case_id", pa.int64(), nullable=True),
+        pa.field("judged_threshold", pa.float64(), nullable=True),  # the threshold `dedup run` decided it at
     ],
     metadata={"dedup.schema": "report", "dedup.schema_version": SCHEMA_VERSION},
 )

@@ -328,3 +328,96 @@ def test_conftest_imports_are_found(tmp_path: Path) -> None:
         "d/test_w.py": "from . import conftest\n",
     })
     assert conftest_imports(pkg) == ["pkg/a/test_x.py:1", "pkg/b/test_y.py:2", "pkg/c/test_z.py:1", "pkg/d/test_w.py:1"]
+
+
+# One threshold policy (issue 13): only dedup/operating_point.py answers "the threshold in
+# force", from the tails in dedup/modelcards/. Any other module that reads a documented
+# operating point, a profile's threshold or calibration.json, or turns a target into a
+# threshold, is computing its own.
+THRESHOLD_HOME = ("operating_point.py", "modelcards/")   # paths inside the package
+# (what is referenced, where else it may be, why)
+THRESHOLD_RULES: dict[str, tuple[str, ...]] = {
+    # dlib's documented LFW rule: defined in face/threshold.py, re-exported by face/__init__.py
+    "DEFAULT_COSINE_THRESHOLD": ("face/threshold.py", "face/__init__.py"),
+    "SFACE_COSINE_THRESHOLD": ("face/threshold.py",),
+    "documented_cosine_threshold": ("face/threshold.py",),
+    "operating_threshold": (),
+    "threshold_of": (),
+    "CALIBRATION_FILE": (),
+    "load_calibration": (),
+    "calibration.json": (),
+    # the tail's own primitives: the GPD (tail.py) and the DET's FNMR-at-FMR rows, which are
+    # reported figures, never the threshold in force (metrics.py)
+    "threshold_for_fmr": ("evaluation/tail.py", "evaluation/metrics.py"),
+    # calibrate reports the per-comparison FMR its threshold stands for (and its interval)
+    "fmr_for_fpir": ("evaluation/tail.py", "evaluation/calibrate.py"),
+}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are docstrings (words about the policy are fine)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                out.add(id(first.value))
+    return out
+
+
+def threshold_computations(package: Path) -> list[str]:
+    """``file:line (scope): what`` for every reference to a threshold source outside the policy's home.
+
+    Names (``x``, ``a.x``, ``from m import x``), and string constants that are not docstrings
+    (``"calibration.json"``); also ``<profile>.threshold`` (a synthetic profile's documented point).
+    """
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith(THRESHOLD_HOME):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        scope, docs = _scopes(tree), _docstrings(tree)
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Name):
+                names = [node.id]
+            elif isinstance(node, ast.Attribute):
+                names = [node.attr]
+                if node.attr == "threshold" and isinstance(node.value, ast.Name) and node.value.id == "profile" \
+                        or node.attr == "threshold" and isinstance(node.value, ast.Subscript) \
+                        and isinstance(node.value.value, ast.Name) and node.value.value.id == "PROFILES":
+                    names.append("profile.threshold")
+            elif isinstance(node, ast.alias):
+                names = [node.name.split(".")[-1]]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                names = [k for k in THRESHOLD_RULES if "." in k and k in node.value]
+            for name in names:
+                allowed = THRESHOLD_RULES.get(name, ("bench/synth.py",) if name == "profile.threshold" else None)
+                if allowed is not None and not rel.startswith(allowed):
+                    found.append(f"{package.name}/{rel}:{getattr(node, 'lineno', '?')} ({scope.get(node, 'module level')}): {name}")
+    return sorted(set(found))
+
+
+def test_one_threshold_policy() -> None:
+    found = threshold_computations(ROOT / "dedup")
+    if found:
+        pytest.fail(f"{len(found)} place(s) compute a threshold outside dedup/operating_point.py (ask "
+                    "threshold_in_force instead):\n  " + "\n  ".join(found), pytrace=False)
+
+
+def test_a_module_computing_its_own_threshold_is_found(tmp_path: Path) -> None:
+    pkg = _write(tmp_path, {
+        "__init__.py": "",
+        "operating_point.py": "from pkg.face import DEFAULT_COSINE_THRESHOLD\nPATH = 'calibration.json'\n",
+        "pipeline.py": "from pkg.face import DEFAULT_COSINE_THRESHOLD\n\ndef run(dep):\n    return dep.t or DEFAULT_COSINE_THRESHOLD\n",
+        "web.py": '"""Reads calibration.json (a docstring: fine)."""\n\ndef meaning(home):\n    return home / "calibration.json"\n',
+        "bench.py": "def resolve(profile):\n    return profile.threshold\n",
+        "quiet.py": "def f(params):\n    return params.threshold\n",
+    })
+    assert threshold_computations(pkg) == [
+        "pkg/bench.py:2 (in resolve()): profile.threshold",
+        "pkg/pipeline.py:1 (module level): DEFAULT_COSINE_THRESHOLD",
+        "pkg/pipeline.py:4 (in run()): DEFAULT_COSINE_THRESHOLD",
+        "pkg/web.py:4 (in meaning()): calibration.json",
+    ]

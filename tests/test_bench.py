@@ -28,28 +28,38 @@ def test_report_has_every_promised_figure() -> None:
     assert report["shards"] == 2
     assert report["duplicate_pairs"] > 50
     assert report["duplicate_recall"] >= 0.99
-    flat = report["baselines"]["flat"]
-    assert flat["duplicate_recall"] == 1.0  # exact search finds every pair it defines
-    assert flat["probes_per_s"] > 0 and report["probes_per_s"] > 0
+    exact = report["baselines"]["exact"]
+    assert exact["duplicate_recall"] == 1.0 and exact["missed_pairs"] == 0  # exact search finds every pair it defines
+    assert exact["probes_per_s"] > 0 and report["probes_per_s"] > 0
+    assert exact["method"] in ("faiss-knn", "torch-matmul") and len(exact["passes"]) == 3
+    assert report["missed_vs_fixed_search"] == 0 and "dedup-fixed" in report["baselines"]
+    assert report["search"]["bounds_at_threshold"] is not None
     # 4-bit PQ with 16 sub-quantisers: 8 bytes of code + 8 of id, plus shared centroids.
     assert 16 <= report["ram_bytes_per_template"] < 40
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
 
 
 def test_hnsw_comparison_runs_in_the_same_report() -> None:
-    spec = BenchSpec(gallery_size=3_000, queries=100, profile="uniform", dim=32, compare=("flat", "hnsw"), seed=2)
+    spec = BenchSpec(gallery_size=3_000, queries=100, profile="uniform", dim=32, compare=("flat", "faiss-refine", "hnsw"),
+                     seed=2)
     report = run_bench(spec, Settings(index=IndexSettings(nlist=32, pq_m=8, train_size=2000)))
     hnsw = report["baselines"]["hnsw"]
     assert hnsw["duplicate_recall"] >= 0.95
     assert hnsw["ram_bytes_per_template"] > report["ram_bytes_per_template"]
-    assert hnsw["speedup_of_dedup"] > 0
+    assert hnsw["speedup_of_dedup"] > 0 and hnsw["sweep"]["points"]
+    refine = report["baselines"]["faiss-refine"]
+    assert refine["duplicate_recall"] >= report["duplicate_recall"] or not refine["sweep"]["reached_target"]
+    assert refine["ram_bytes_per_template"] > 32 * 4 and refine["speedup_of_dedup"] > 0
+    for name in ("dedup-fixed", "exact", "faiss-refine", "hnsw"):
+        passes = report["baselines"][name]["passes"]
+        assert len(passes) == 3 and all(p["wall_s"] > 0 and 0 <= p["machine_busy"] <= 1 for p in passes)
 
 
 def test_job_file(tmp_path: Path) -> None:
     job = tmp_path / "job.toml"
     job.write_text('[bench]\ngallery_size = 5000\nqueries = 100\nprofile = "uniform"\ncompare = ["flat"]\n')
     spec = load_job(job)
-    assert spec.gallery_size == 5000 and spec.profile == "uniform" and spec.compare == ("flat",)
+    assert spec.gallery_size == 5000 and spec.profile == "uniform" and spec.compare == ("exact",)  # flat: old name
     job.write_text("[bench]\ngalery_size = 5\n")
     with pytest.raises(BadInput, match="unknown key 'galery_size'"):
         load_job(job)
@@ -85,8 +95,8 @@ def test_cli_writes_json_and_reports_errors_without_traceback(tmp_path: Path) ->
                                  "--json-out", str(out)], env={"DEDUP_INDEX_PQ_M": "8"})
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["gallery_size"] == 4000 and "probes_per_s" in report["baselines"]["flat"]
-    assert "dedup IVF-PQ" in result.output and "exact flat" in result.output
+    assert report["gallery_size"] == 4000 and "probes_per_s" in report["baselines"]["exact"]
+    assert "dedup IVF-PQ" in result.output and "x exact" in result.output
 
     bad = runner.invoke(app, ["bench", "-n", "100", "--profile", "martian"])
     assert bad.exit_code == 2

@@ -15,7 +15,6 @@ from unittest import mock
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dedup.schemas import check_schema, templates_schema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,6 +32,7 @@ from dedup.bench.synth import (
     write_parquet,
 )
 from dedup.errors import InvalidParameter
+from dedup.schemas import check_schema, templates_schema
 
 SMALL = settings(max_examples=25, deadline=None)
 
@@ -273,3 +273,74 @@ def test_get_profile_other_dim_keeps_the_rest():
     assert p.dim == 64 and p.model_id == "synthetic:arcface-like:d64:v1"
     assert p.threshold == PROFILES["arcface-like"].threshold and p.groups == PROFILES["arcface-like"].groups
     assert get_profile("face-like") is PROFILES["face-like"]
+
+
+# ----------------------------------------------------------------------------- anchored to the real model
+def test_face_like_is_built_around_dlibs_own_directions():
+    """The shared direction is dlib's mean direction, and the identity's largest variances lie
+    along dlib's principal directions, in order (dedup/bench/anchors/face-like.json)."""
+    anchor = synth.load_anchor("face-like", 128)
+    assert anchor is not None and anchor.principal_directions.shape == (32, 128)
+    st = SyntheticData(SynthSpec(PROFILES["face-like"], gallery_size=10, queries=0, seed=4))._structure
+    assert float(st.mean_dir @ anchor.mean_direction) > 1 - 1e-5
+    assert np.allclose(st.group_dirs @ st.mean_dir, 0, atol=1e-5)
+    axes = st.scaled / np.linalg.norm(st.scaled, axis=1, keepdims=True)  # rows: basis directions, largest variance first
+    overlap = np.abs(axes[:32] @ anchor.principal_directions.T)
+    assert np.allclose(np.diag(overlap), 1.0, atol=1e-4)
+    # another seed: the same anchored directions, other group directions
+    other = SyntheticData(SynthSpec(PROFILES["face-like"], gallery_size=10, queries=0, seed=5))._structure
+    assert np.allclose(other.mean_dir, st.mean_dir, atol=1e-6) and not np.allclose(other.group_dirs, st.group_dirs)
+    # at another dim the anchor does not apply (it is the 128-d model's) and the profile still works
+    assert synth.load_anchor("face-like", 64) is None
+    assert small_data("face-like", dim=64).gallery().vectors.shape == (300, 64)
+
+
+def test_an_unreadable_anchor_is_a_clear_error():
+    bad = Profile(**{**vars(PROFILES["face-like"]), "anchor": "no-such-model"})
+    with pytest.raises(InvalidParameter, match="profile anchor 'no-such-model': cannot read"):
+        SyntheticData(SynthSpec(bad, gallery_size=10, queries=0)).gallery()
+
+
+@pytest.fixture(scope="module")
+def real_templates():
+    """dedup's own dlib templates of every distinct real capture on hand: Obama (three photos),
+    Biden (face_recognition 1.3.0's test photos, fetched into a cache), Collins, Hopper."""
+    from dedup.config import FaceSettings
+    from dedup.face import embed_photos
+    from tests.support.real_photos import PhotosUnavailable, distinct_captures, real_photos, with_other_people
+
+    try:
+        captures = distinct_captures(with_other_people(real_photos()))
+    except PhotosUnavailable as exc:
+        pytest.skip(f"real photo pairs unavailable: {exc}")
+    result = embed_photos([str(p.path) for p in captures], FaceSettings(workers=1, device="cpu"))
+    assert [r.reason for r in result.results] == [None] * len(captures), [(r.source, r.reason) for r in result.results]
+    return result.embeddings.astype(np.float64), [p.person for p in captures]
+
+
+def test_real_photos_see_the_impostor_scores_the_profile_claims(real_templates):
+    """Real probes against a synthetic face-like gallery: mean, spread and p99 within
+    synth.REAL_PROBE_TOLERANCE of the profile's documented targets."""
+    vectors, _ = real_templates
+    gallery = SyntheticData(SynthSpec(PROFILES["face-like"], gallery_size=20_000, queries=0, seed=3)).gallery().vectors
+    scores = (vectors @ gallery.T.astype(np.float64)).ravel()
+    got = {"impostor.mean": scores.mean(), "impostor.sd": scores.std(), "impostor.p99": np.percentile(scores, 99)}
+    off = {k: (float(v), TARGETS["face-like"][k][0], synth.REAL_PROBE_TOLERANCE[k]) for k, v in got.items()
+           if abs(v - TARGETS["face-like"][k][0]) > synth.REAL_PROBE_TOLERANCE[k]}
+    assert not off, f"statistic -> (real probes, profile target, tolerance): {off}"
+    # and no real probe sits alone outside the synthetic cone: each one's own mean is near the profile's
+    per_probe = (vectors @ gallery.T.astype(np.float64)).mean(axis=1)
+    assert np.all(np.abs(per_probe - TARGETS["face-like"]["impostor.mean"][0]) < 0.05), per_probe
+
+
+def test_every_real_genuine_pair_scores_above_every_real_impostor_pair(real_templates):
+    """Different photographs of one person against two people, for the default model (dlib)."""
+    vectors, persons = real_templates
+    s = vectors @ vectors.T
+    pairs = [(i, j) for i in range(len(persons)) for j in range(i + 1, len(persons))]
+    genuine = [s[i, j] for i, j in pairs if persons[i] == persons[j]]
+    impostor = [s[i, j] for i, j in pairs if persons[i] != persons[j]]
+    assert len(genuine) == 3 and len(impostor) == 12
+    assert min(genuine) > max(impostor), (genuine, impostor)
+    # the refitted genuine target is these pairs' mean
+    assert abs(float(np.mean(genuine)) - TARGETS["face-like"]["genuine.mean"][0]) < 0.002

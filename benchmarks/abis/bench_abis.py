@@ -56,7 +56,8 @@ def synthetic(n: int, dim: int, seed: int) -> Any:
 def fill(dep: Any, n: int) -> dict[str, float]:
     """N synthetic templates into the MOSIP gallery, each a MOSIP reference."""
     from dedup.face import load_model
-    from dedup.mosip.handler import Handler, gallery_name
+    from dedup.ids import mosip_gallery_name as gallery_name
+    from dedup.mosip.handler import Handler
     from dedup.pipeline import ensure_gallery
     from dedup.store import mosip as store
 
@@ -91,7 +92,8 @@ def captures() -> list[np.ndarray]:
 
     astro = np.ascontiguousarray(skimage.data.astronaut())
     astro2 = np.clip(photos.resize(astro[20:500, 10:480], 0.8).astype(np.int16) + 18, 0, 255).astype(np.uint8)
-    grace = np.asarray(Image.open(io.BytesIO(Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes())).convert("RGB"))
+    grace_jpeg = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+    grace = np.asarray(Image.open(io.BytesIO(grace_jpeg)).convert("RGB"))
     grace2 = np.ascontiguousarray(photos.resize(grace, 0.8))
     return [astro, np.ascontiguousarray(astro2), grace, grace2]
 
@@ -117,8 +119,7 @@ def main() -> None:
     from dedup.machine import machine_info
     from dedup.mosip.crypto import encrypt
     from dedup.mosip.localbroker import start_broker
-    from tests.mosip.conftest import make_partner
-    from tests.mosip.driver import Datashare, Mosip, face_cbeff, now_time
+    from tests.support.mosip import Datashare, Mosip, face_cbeff, make_partner, now_time
 
     root = Path(tempfile.mkdtemp(prefix="dedup-bench-abis-"))
     result: dict[str, Any] = {"benchmark": "abis", "gallery_size": args.gallery_size, "requests": args.requests,
@@ -145,10 +146,14 @@ def main() -> None:
         with (home / "dedup.toml").open("a") as fh:
             fh.write(f'broker_url = "{broker.url}"\n')
         timings = root / "timings.json"
-        log = open(root / "serve.log", "wb")
+        log = open(root / "serve.log", "wb")  # noqa: SIM115 - the serve process writes it until the end
         t = time.perf_counter()
         serve = subprocess.Popen([sys.executable, "-m", "dedup.cli", "abis", "serve", "--home", str(home), "--user", "admin",
                                   "--timings", str(timings)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        while b"connected to" not in (root / "serve.log").read_bytes():
+            if serve.poll() is not None:
+                raise SystemExit("dedup abis serve exited:\n" + (root / "serve.log").read_text()[-3000:])
+            time.sleep(0.2)
         mosip = Mosip(broker.stomp_port, "mosip-to-abis", "abis-to-mosip")
         docs = [share.put(encrypt(face_cbeff(c), partner.public_key, partner.cert_der)) for c in captures()]
         result["cbeff_bytes"] = [len(share.bodies[u.rsplit("/", 1)[1]]) for u in docs]
@@ -165,17 +170,30 @@ def main() -> None:
         warm, _ = send_all(mosip, [insert(i) for i in range(4)] + [identify(i) for i in range(4)], 600)
         result["warmup_s"] = round(time.perf_counter() - t, 1)
         result["load_avg"]["before_inserts"] = os.getloadavg()
+        import psutil
+
+        proc = psutil.Process(serve.pid)
+
+        def cpu() -> float:
+            t = proc.cpu_times()
+            return float(t.user + t.system + t.children_user + t.children_system)
+
         m = args.requests
+        c0 = cpu()
         secs, out = send_all(mosip, [insert(i) for i in range(4, 4 + m)], 1800)
         assert all(r["returnValue"] == "1" for r in out), [r for r in out if r["returnValue"] != "1"][:3]
-        result["inserts"] = {"n": m, "seconds": round(secs, 2), "per_second": round(m / secs, 2)}
+        c1 = cpu()
+        result["inserts"] = {"n": m, "seconds": round(secs, 2), "per_second": round(m / secs, 2),
+                             "serve_cpu_s": round(c1 - c0, 2), "per_cpu_second": round(m / max(c1 - c0, 1e-9), 2)}
         print(f"inserts: {result['inserts']}", flush=True)
         result["load_avg"]["before_identifies"] = os.getloadavg()
         secs, out = send_all(mosip, [identify(i) for i in range(4, 4 + m)], 1800)
+        c2 = cpu()
         assert all(r["returnValue"] == "1" for r in out)
         counts = [int(r["candidateList"]["count"]) for r in out]
         real = [sum(1 for c in r["candidateList"]["candidates"] if c["referenceId"].startswith("bench-")) for r in out]
         result["identifies"] = {"n": m, "seconds": round(secs, 2), "per_second": round(m / secs, 2),
+                                "serve_cpu_s": round(c2 - c1, 2), "per_cpu_second": round(m / max(c2 - c1, 1e-9), 2),
                                 "candidates_mean": round(float(np.mean(counts)), 2),
                                 "real_mates_min": int(min(real)),
                                 "synthetic_candidates_mean": round(float(np.mean(counts) - np.mean(real)), 3)}

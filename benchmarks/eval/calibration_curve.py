@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
 from dedup.evaluation.calibrate import calibrate
 from dedup.evaluation.identification import search_prefixes
 from dedup.evaluation.scores import genuine_scores, impostor_sample
 from dedup.evaluation.stats import wilson_interval
 from dedup.evaluation.tail import fit_tail, fmr_for_fpir, fpir_from_fmr
 from dedup.machine import machine_info
-from dedup.bench.synth import SyntheticData, SynthSpec, get_profile
 
 SIZES = [10**3, 10**4, 10**5, 10**6, 10**7, 10**8, 10**9]
 RATE = 1_000_000  # enrolments per day

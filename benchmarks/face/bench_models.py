@@ -15,7 +15,7 @@ Measures, each once per run:
 - **embedding**: CPU ms per chip, batch 64, one thread: dlib ResNet (150 px) vs SFace (112 px).
 - **end to end**: wall photos/s of ``embed_photos`` with 2 worker processes, each combination.
 - **real pairs**: genuine and impostor cosine scores for dlib+HOG, dlib+RetinaFace and
-  SFace+RetinaFace on the face_recognition 1.3.0 photos (tests/face/real_pairs.py) plus two
+  SFace+RetinaFace on the face_recognition 1.3.0 photos (tests/support/real_photos.py) plus two
   more people, side by side, and SFace's documented operating point (OpenCV Zoo: cosine 0.363).
 - **calibration**: RetinaFace's scores for the real faces and its strongest false detections
   on the same photos and on face-free photos (what the ``retinaface_*`` settings rest on).
@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.face.bench_face import machine  # noqa: E402
 from dedup.config import FaceSettings  # noqa: E402
 from dedup.face.decode import DecodeLimits, decode_image  # noqa: E402
-from tests.face.real_pairs import distinct_captures, genuine_pairs, impostor_pairs, real_photos, with_other_people  # noqa: E402
+from dedup.face.threshold import SFACE_COSINE_THRESHOLD  # noqa: E402
+from tests.support.real_photos import distinct_captures, genuine_pairs, impostor_pairs, real_photos, with_other_people  # noqa: E402
 
 LIMITS = DecodeLimits(50_000_000, 50_000_000, ("JPEG", "PNG"))
 COMBOS = {
@@ -54,7 +55,7 @@ COMBOS = {
     "dlib+retinaface": {"detector": "retinaface"},
     "sface+retinaface": {"detector": "retinaface", "model": "sface"},
 }
-OPENCV_SFACE_COSINE = 0.363  # opencv_zoo models/face_recognition_sface (sface.py: _threshold_cosine)
+OPENCV_SFACE_COSINE = SFACE_COSINE_THRESHOLD  # opencv_zoo models/face_recognition_sface/sface.py
 OPENCV_SFACE_L2 = 1.128
 
 

@@ -4,7 +4,7 @@ device) and chips/s (SFace, dlib ResNet), at batch 64-1024, float32 and float16.
     PYTHONPATH=. python benchmarks/face/gpu_models.py                 # on a GPU machine
     PYTHONPATH=. python benchmarks/face/gpu_models.py --smoke         # tiny run, CPU is fine
 
-Photos: the real test photos (tests/face/real_pairs.py, plus astronaut and Grace Hopper),
+Photos: the real test photos (tests/support/real_photos.py, plus astronaut and Grace Hopper),
 each resized to 640 x 480 (one size, so every batch is one stacked tensor, as the detector
 buckets by size). Decoding is not timed (done once on the CPU; in production CPU workers do
 it). Each row: the batch run ``--repeats`` times after one warm-up, CUDA-synchronised wall
@@ -33,7 +33,7 @@ from dedup.face.decode import DecodeLimits, decode_image
 from dedup.face.dlib_resnet import build_dlib_resnet, parse_dlib_resnet, preprocess_dlib
 from dedup.face.retinaface import RetinaFace, load_shipped_net
 from dedup.face.sface import load_shipped_net as load_sface
-from tests.face.real_pairs import real_photos, with_other_people
+from tests.support.real_photos import real_photos, with_other_people
 
 LIMITS = DecodeLimits(50_000_000, 50_000_000, ("JPEG", "PNG"))
 

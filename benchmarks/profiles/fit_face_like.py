@@ -33,12 +33,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dlib_measure import (  # noqa: E402
-    Dlib, degrade_like_lfw, lfw_frame, random_capture, real_photos, single_augmentations, upscale_lfw,
+from dlib_measure import (
+    Dlib,
+    degrade_like_lfw,
+    lfw_frame,
+    random_capture,
+    real_photos,
+    single_augmentations,
+    upscale_lfw,
 )
-from profile_stats import pair_cosines, simulate, spectrum, spectrum_of_samples, summary, unit  # noqa: E402
+from profile_stats import pair_cosines, simulate, spectrum, spectrum_of_samples, summary, unit
 
-from dedup.bench.synth import PROFILES  # noqa: E402
+from dedup.bench.synth import PROFILES
 
 DLIB_EUCLIDEAN_THRESHOLD = 0.6  # dlib's documented rule for "same person" (dnn_face_recognition_ex.cpp)
 DLIB_LFW_ACCURACY = 0.9938      # dlib's published LFW accuracy for this model

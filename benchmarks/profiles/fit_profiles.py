@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fit_face_like import machine  # noqa: E402
-from profile_stats import profile_report, simulate  # noqa: E402
+from fit_face_like import machine
+from profile_stats import profile_report, simulate
 
-from dedup.bench.synth import PROFILES, TARGETS, get_profile  # noqa: E402
+from dedup.bench.synth import PROFILES, TARGETS, get_profile
 
 # ArcFace-class targets (issue 2): impostor cosine centred near 0 with sd 0.05-0.07, genuine
 # mostly 0.5-0.8, and a published operating point of cosine ~0.28 at FMR 0.1% on LFW.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dedup.bench.synth import Profile, SynthSpec, SyntheticData
+from dedup.bench.synth import Profile, SyntheticData, SynthSpec
 
 PERCENTILES = (1, 5, 10, 50, 90, 95, 99, 99.9)
 

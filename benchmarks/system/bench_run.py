@@ -250,6 +250,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             outcome = conn.execute(
                 """SELECT left(enrolment_id, 1) AS src, state, coalesce(reason, '') AS reason, count(*) AS n
                    FROM enrolments GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""").fetchall()
+            # What the run judged at, and what real probes found among the synthetic rows (false candidates:
+            # since issue 13 the synthetic templates live where dlib's do, so real probes can false-match them).
+            judged = conn.execute("""SELECT threshold, threshold_source, count(*) AS units FROM run_units
+                                     GROUP BY 1, 2 ORDER BY 1""").fetchall()
+            synthetic = conn.execute("""SELECT count(*) AS rows, count(DISTINCT case_id) AS cases FROM case_candidates
+                                        WHERE synthetic""").fetchone()
         gallery = Gallery.open(dep.gallery, dep.settings.index)
         total = report.seconds
         compute = total - runner.times.get("model_load", 0.0)
@@ -269,6 +275,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         doc["run"] = {**report.as_dict(),
                       "enrolments_per_second_without_model_load": round(report.enrolments / compute, 3) if compute else 0.0,
                       "breakdown": breakdown(runner.times, total),
+                      "thresholds": [dict(r) for r in judged],
+                      "synthetic_candidates": {"rows": synthetic["rows"], "cases": synthetic["cases"],
+                                               "per_enrolment": round(synthetic["rows"] / report.enrolments, 4)
+                                               if report.enrolments else 0.0},
                       "outcome_by_source": [{"source": names.get(r["src"], r["src"]), "state": r["state"],
                                              "reason": r["reason"] or None, "n": r["n"]} for r in outcome],
                       "gallery_after": {"templates": len(gallery), "shards": len(gallery.shard_paths()),
@@ -283,10 +293,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gallery-size", type=int, default=100_000, help="synthetic templates in the gallery")
     parser.add_argument("--captures", type=int, default=512, help="real-photo captures submitted and run")
-    parser.add_argument("--threshold", type=float, default=0.96,
-                        help="[search] threshold (default 0.96: about the face-like profile's threshold for FPIR 1e-3 at "
-                             "1M-10M, benchmarks/eval; 0 keeps the model's operating point 0.908, at which every probe "
-                             "has max_candidates synthetic candidates)")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="[search] threshold (default 0: the threshold in force for the gallery's size, "
+                             "dedup.operating_point; give one to pin it)")
     parser.add_argument("--target-fpir", type=float, default=0.001, help="[calibration] target_fpir written with it")
     parser.add_argument("--run-batch-size", type=int, default=0, help="[store] run_batch_size (default: the setting's default)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the captures")

@@ -42,7 +42,12 @@ def queue_counts(conn: psycopg.Connection[Any], actor: Actor) -> dict[str, Any]:
 
 
 def claim_next(conn: psycopg.Connection[Any], actor: Actor, lease_seconds: int, control_rate: float) -> int | None:
-    """Claim the next case and return its number (a held one comes back with a renewed lease); None when the queue is empty."""
+    """Claim the next case and return its number (a held one comes back with a renewed lease); None when the queue is empty.
+
+    With probability ``control_rate``, while real cases wait and the adjudicator has a pair
+    not yet seen, the claim opens a control case instead. The same queries run before the
+    draw whichever way it falls, so the time a claim takes does not tell the kinds apart.
+    """
     authorize(actor, "queue.claim")
     held = store_controls.held_by(conn, actor.name)
     if held is not None:
@@ -50,19 +55,20 @@ def claim_next(conn: psycopg.Connection[Any], actor: Actor, lease_seconds: int, 
             store_controls.renew_lease(conn, held, lease_seconds)
             audit.record(conn, actor.name, "case.claim", "case", held, {"renewed": True, "lease_seconds": lease_seconds, "control": True})
         return held
-    control = _maybe_claim_control(conn, actor, control_rate, lease_seconds)
-    if control is not None:
-        return control
-    return _claim_real(conn, actor, lease_seconds)
-
-
-def _claim_real(conn: psycopg.Connection[Any], actor: Actor, lease_seconds: int) -> int | None:
     with conn.transaction():
         held = store_cases.held_by(conn, actor.name, lock=True)
         if held is not None:
             store_cases.renew_lease(conn, held, lease_seconds)
             audit.record(conn, actor.name, "case.claim", "case", held, {"renewed": True, "lease_seconds": lease_seconds})
             return held
+        if control_rate > 0.0:
+            next_in_line = store_cases.oldest_waiting(conn)
+            unseen = store_controls.unseen_pairs(conn, actor.name)
+            if _RANDOM.random() < control_rate and next_in_line is not None and unseen:
+                case_id = store_controls.open_control(conn, _RANDOM.choice(unseen), actor.name, lease_seconds, next_in_line)
+                # Audited as any claim; the control flag is for supervisors reading the log.
+                audit.record(conn, actor.name, "case.claim", "case", case_id, {"lease_seconds": lease_seconds, "control": True})
+                return case_id
         got = store_cases.claim_oldest(conn, actor.name, lease_seconds)
         if got is None:
             return None
@@ -72,27 +78,6 @@ def _claim_real(conn: psycopg.Connection[Any], actor: Actor, lease_seconds: int)
             detail["expired_lease_of"] = previous
         audit.record(conn, actor.name, "case.claim", "case", case_id, detail)
         return case_id
-
-
-def _maybe_claim_control(conn: psycopg.Connection[Any], actor: Actor, rate: float, lease_seconds: int) -> int | None:
-    """With probability ``rate``, and only while real cases wait, open a control case for ``actor``.
-
-    None when there is no draw, no pair this adjudicator has not seen, no real case waiting,
-    or the adjudicator already holds a real case.
-    """
-    if rate <= 0.0 or _RANDOM.random() >= rate:
-        return None
-    with conn.transaction():
-        next_in_line = store_cases.oldest_waiting(conn)
-        if next_in_line is None or store_cases.held_by(conn, actor.name) is not None:
-            return None
-        unseen = store_controls.unseen_pairs(conn, actor.name)
-        if not unseen:
-            return None
-        case_id = store_controls.open_control(conn, _RANDOM.choice(unseen), actor.name, lease_seconds, next_in_line)
-        # The claim is audited as any claim; the control flag is for supervisors reading the log.
-        audit.record(conn, actor.name, "case.claim", "case", case_id, {"lease_seconds": lease_seconds, "control": True})
-    return case_id
 
 
 def release(conn: psycopg.Connection[Any], actor: Actor, case_id: int) -> None:

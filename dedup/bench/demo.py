@@ -17,9 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dedup.errors import InvalidParameter
 
@@ -48,8 +49,8 @@ def recapture(image: Any, seed: int) -> Any:
 
     w, h = image.size
     dx, dy = (seed * 7) % 23 + 8, (seed * 11) % 29 + 6
-    out = image.crop((dx, 0, w - dy, h - dx)).rotate(5 + seed % 3, resample=Image.BICUBIC)
-    out = out.resize((int(out.width * 0.85), int(out.height * 0.85)), Image.LANCZOS)
+    out = image.crop((dx, 0, w - dy, h - dx)).rotate(5 + seed % 3, resample=Image.Resampling.BICUBIC)
+    out = out.resize((int(out.width * 0.85), int(out.height * 0.85)), Image.Resampling.LANCZOS)
     return ImageEnhance.Brightness(out).enhance(1.12)
 
 
@@ -83,7 +84,7 @@ def write_demo_batch(folder: Path) -> Path:
     (photos / "truncated.jpg").write_bytes(full[: len(full) // 4])
     (photos / "notes.jpg").write_text("this is not a photo\n")
     rows += [("B-001", "photos/truncated.jpg"), ("B-002", "photos/notes.jpg"), ("B-003", "photos/missing.jpg")]
-    when = dt.datetime(2024, 5, 1, 9, 0, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 5, 1, 9, 0, tzinfo=dt.UTC)
     table = pa.table({
         "enrolment_id": [r[0] for r in rows],
         "centre_id": [CENTRE] * len(rows),

@@ -25,14 +25,19 @@ import numpy as np
 from dedup.bench.synth import BLOCK, Probes, SyntheticData, SynthSpec, get_profile
 from dedup.config import IndexSettings, Settings
 from dedup.errors import BadInput, InvalidParameter
+from dedup.evaluation.stats import wilson_interval
 from dedup.index.codec import CodecSpec, choose_pq_m, fit_nlist
 from dedup.index.gallery import Gallery
 from dedup.index.memory import Budget, check_fits, gallery_budget
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
 from dedup.machine import machine_info
+from dedup.operating_point import ThresholdInForce, threshold_in_force
 
-ENGINES = ("flat", "hnsw")
+ENGINES = ("exact", "faiss-refine", "hnsw", "scann")
+ALIASES = {"flat": "exact"}  # the exact baseline's old name
+# Largest float32 copy of the gallery held in RAM for the exact and faiss-refine baselines.
+MAX_RAM_VECTORS = 6 << 30
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ class BenchSpec:
     dim: int | None = None
     threshold: float | None = None
     shards: int = 1
-    compare: tuple[str, ...] = ("flat",)
+    compare: tuple[str, ...] = ("exact",)
     seed: int = 0
     duplicate_rate: float = 0.01
     mated_fraction: float = 0.5
@@ -57,9 +62,10 @@ class BenchSpec:
     pq_bits: int | None = None
     train_size: int | None = None
     flat_queries: int = 2_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 100
-    hnsw_ef_search: int = 128
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128  # unused since ef is swept; kept so older job files still load
+    passes: int = 3            # interleaved timed passes per engine
     workdir: str | None = None
     # Scale out (dedup.cluster): search again on 1..workers Dask workers; device of the
     # torch exact comparison row and of the workers' search (None: no torch row, auto workers).
@@ -76,9 +82,19 @@ class BenchSpec:
             raise InvalidParameter(f"--shards must be >= 1, got {self.shards}")
         if self.shards > self.gallery_size:
             raise InvalidParameter(f"--shards ({self.shards}) cannot exceed --gallery-size ({self.gallery_size})")
-        unknown = [c for c in self.compare if c not in ENGINES]
+        compare = tuple(dict.fromkeys(ALIASES.get(c, c) for c in self.compare))
+        object.__setattr__(self, "compare", compare)
+        unknown = [c for c in compare if c not in ENGINES]
         if unknown:
             raise InvalidParameter(f"--compare: unknown engine {unknown[0]!r}; choose from {', '.join(ENGINES)}")
+        if "scann" in compare:
+            try:
+                import scann  # noqa: F401
+            except ImportError:
+                raise InvalidParameter("--compare scann needs the scann package, which is not installed here") from None
+            raise InvalidParameter("--compare scann: not measured by this version of dedup bench")
+        if self.passes < 1:
+            raise InvalidParameter(f"passes must be >= 1, got {self.passes}")
         if self.workers < 0:
             raise InvalidParameter(f"--workers must be >= 0, got {self.workers}")
         if self.device not in (None, "auto", "cpu", "cuda"):
@@ -128,7 +144,7 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
     if index.pq_m > profile.dim or profile.dim % index.pq_m:
         raise InvalidParameter(f"pq_m ({index.pq_m}) must divide the dimension ({profile.dim})")
     s = settings.search
-    threshold = spec.threshold if spec.threshold is not None else (s.threshold or profile.threshold)
+    threshold = bench_threshold(spec, settings).value
     params = SearchParams(
         threshold=threshold,
         nprobe=spec.nprobe or s.nprobe,
@@ -138,6 +154,15 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
         deepen_margin=s.deepen_margin,
     )
     return data, index, params
+
+
+def bench_threshold(spec: BenchSpec, settings: Settings) -> ThresholdInForce:
+    """The threshold the bench searches at: the one policy (``dedup.operating_point``) for the
+    profile's model at the bench's own gallery size; ``--threshold`` is an explicit setting."""
+    profile = get_profile(spec.profile, spec.dim)
+    if spec.threshold is not None:
+        settings = settings.replace("search", threshold=spec.threshold)
+    return threshold_in_force(profile.model_id, spec.gallery_size, settings)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -178,6 +203,7 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
     """Run one scale test and return its report (see module docstring)."""
     settings = settings or Settings()
     synth_spec, index_settings, params = resolve(spec, settings)
+    in_force = bench_threshold(spec, settings)
     data = SyntheticData(synth_spec)
     profile = data.profile
     n, dim = spec.gallery_size, profile.dim
@@ -192,6 +218,14 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
                              f"{spec.queries:,} probes and their results")
     if "hnsw" in spec.compare:
         budget = budget + Budget(n * (dim * 4 + spec.hnsw_m * 2 * 4 + 64), 0, "hnswlib index")
+    keep_vectors = bool({"exact", "faiss-refine"} & set(spec.compare))
+    if keep_vectors:
+        if n * dim * 4 > MAX_RAM_VECTORS:
+            raise InvalidParameter(f"--compare exact/faiss-refine hold the gallery as float32 in RAM "
+                                   f"({n * dim * 4 / 2**30:.1f} GiB); above {MAX_RAM_VECTORS >> 30} GiB compare fewer engines")
+        budget = budget + Budget(n * dim * 4, 0, "float32 gallery for the exact baselines")
+    if "faiss-refine" in spec.compare:
+        budget = budget + Budget(n * (dim * 4 + codec_spec.code_bytes + 16), 0, "faiss IVFPQ + refine index")
     workdir = Path(spec.workdir) if spec.workdir else Path(tempfile.mkdtemp(prefix="dedup-bench-"))
     check_fits(budget, workdir)
 
@@ -202,11 +236,14 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
         "profile": profile.name,
         "seed": spec.seed,
         "threshold": params.threshold,
+        "threshold_in_force": in_force.to_dict(),
+        "target_fpir": in_force.target_fpir,
+        "warnings": list(in_force.warnings),
         "shards": spec.shards,
         "codec": asdict(codec_spec),
         "train_size": train_n,
         "exact_dtype": index_settings.exact_dtype,
-        "search": asdict(params),
+        "search": _search_json(params),
         "machine": machine_info(),
     }
     reporter = Reporter(progress)
@@ -214,7 +251,9 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
         with reporter.running():
             probes = data.probes()
             truth = _Truth(probes, params.threshold)
-            gallery, timings = _build(data, index_settings, workdir / "gallery", train_n, truth, reporter)
+            vectors = np.zeros((n, dim), dtype=np.float32) if keep_vectors else None
+            row_ids = np.arange(n, dtype=np.int64) if keep_vectors else None
+            gallery, timings = _build(data, index_settings, workdir / "gallery", train_n, truth, reporter, vectors)
             report.update(timings)
             stats = gallery.stats()
             report["ram_bytes_per_template"] = stats["index_bytes_per_template"]
@@ -222,22 +261,22 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
             report["shards"] = stats["shards"]
             report["nlist"] = stats["codec"]["nlist"] if stats["codec"] else None
 
-            advance = reporter.stage("search (dedup)", spec.queries)
-            t0 = time.perf_counter()
-            found = gallery.search(probes.vectors, params, block=settings.search.probe_block, progress=advance)
-            search_s = time.perf_counter() - t0
-            report["search_s"] = search_s
-            report["probes_per_s"] = spec.queries / search_s
-            report.update(truth.score(found))
+            from dedup.bench.compare import compare
 
-            baselines: dict[str, Any] = {}
-            flat_q = min(spec.flat_queries, spec.queries)
-            baselines["flat"] = _flat_baseline(data, probes, flat_q, params, truth, reporter)
+            dedup, baselines = compare(
+                gallery, probes.vectors, params, truth.score, spec.compare, vectors, row_ids,
+                (lambda: ((b.vectors, b.row_ids) for b in _blocks(data, lambda k: None))), settings.search.probe_block,
+                min(spec.flat_queries, spec.queries), spec.passes, spec.hnsw_m, spec.hnsw_ef_construction, spec.seed,
+                stage=reporter.stage)
+            report.update(dedup)
+            report["search"] = _search_json(gallery.with_bounds(params))
+            report["search_s"] = spec.queries / report["probes_per_s"]
             if spec.device:
                 from dedup.bench.scaling import torch_exact_baseline
 
                 baselines["torch-exact"] = torch_exact_baseline(workdir / "gallery", probes.vectors, params,
                                                                 spec.device, truth.score)
+                baselines["torch-exact"]["speedup_of_dedup"] = report["probes_per_s"] / baselines["torch-exact"]["probes_per_s"]
             if spec.workers:
                 from dedup.bench.scaling import bench_scaling
 
@@ -245,11 +284,6 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
                     workdir / "gallery", probes.vectors, params, spec.workers,
                     spec.scheduler or settings.runtime.scheduler or None, truth.score,
                     device=spec.device or settings.runtime.device, probe_block=settings.search.probe_block)
-            if "hnsw" in spec.compare:
-                baselines["hnsw"] = _hnsw_baseline(data, probes, params, truth, spec, reporter)
-            for b in baselines.values():
-                if b.get("probes_per_s"):
-                    b["speedup_of_dedup"] = report["probes_per_s"] / b["probes_per_s"]
             report["baselines"] = baselines
     finally:
         if not spec.workdir:
@@ -285,7 +319,7 @@ class _Truth:
         local = self.pair_row[js] - row_ids[0]
         self.pair_score[js] = np.einsum("ij,ij->i", vectors[local], self.probes.vectors[self.pair_probe[js]])
 
-    def score(self, found: Candidates, probe_subset: int | None = None) -> dict[str, float]:
+    def score(self, found: Candidates, probe_subset: int | None = None) -> dict[str, Any]:
         """duplicate_recall, capped probes and false candidates per probe for a result."""
         q = found.n_probes if probe_subset is None else probe_subset
         mask = (self.pair_probe < q) & (self.pair_score >= self.threshold)
@@ -294,9 +328,19 @@ class _Truth:
         got = set(zip(got_probe.tolist(), found.row_ids.tolist()))
         all_mates = set(zip(self.pair_probe[self.pair_probe < q].tolist(), self.pair_row[self.pair_probe < q].tolist()))
         returned_mates = len(got & all_mates)
+        # FPIR: non-mated probes (no mate in the gallery) that returned any candidate at all.
+        nonmated = ~self.probes.mated[:q]
+        hit = found.counts()[:q] > 0
+        n_nm, fp = int(nonmated.sum()), int((hit & nonmated).sum())
+        lo, hi = wilson_interval(fp, n_nm) if n_nm else (math.nan, math.nan)
         return {
+            "fpir": fp / n_nm if n_nm else None,
+            "fpir_ci": [float(lo), float(hi)] if n_nm else None,
+            "nonmated_probes": n_nm,
+            "false_positive_probes": fp,
             "duplicate_pairs": len(wanted),
             "duplicate_recall": (len(wanted & got) / len(wanted)) if wanted else 1.0,
+            "missed_pairs": len(wanted - got),
             "false_candidates_per_probe": (len(got) - returned_mates) / max(q, 1),
             "capped_probes": int(found.capped[:q].sum()),
             "mean_candidates_per_probe": float(found.counts()[:q].mean()) if q else 0.0,
@@ -310,8 +354,16 @@ def _blocks(data: SyntheticData, advance: Callable[[int], None]) -> Iterator[Any
         advance(blk.row_ids.size)
 
 
+def _search_json(params: SearchParams) -> dict[str, Any]:
+    """The search parameters for the report: the bounds in force at the threshold, not the grid."""
+    out = {k: v for k, v in asdict(params).items() if k != "bounds"}
+    limits = params.bounds.at(params.threshold) if params.bounds is not None else None
+    out["bounds_at_threshold"] = {"list_gap": limits[0], "est_error": limits[1]} if limits else None
+    return out
+
+
 def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train_n: int, truth: _Truth,
-           reporter: Reporter) -> tuple[Gallery, dict[str, float]]:
+           reporter: Reporter, keep: np.ndarray | None = None) -> tuple[Gallery, dict[str, float]]:
     profile = data.profile
     gallery = Gallery.create(root, profile.model_id, profile.dim, index_settings)
     # Synthetic rows are independent draws, so the first rows are a fair training sample.
@@ -332,6 +384,8 @@ def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train
     with gallery.writer() as writer:
         for blk in _blocks(data, advance):
             truth.observe(blk.row_ids, blk.vectors)
+            if keep is not None:
+                keep[blk.row_ids] = blk.vectors
             ids = [f"synth-{r}" for r in blk.row_ids.tolist()]
             t0 = time.perf_counter()
             writer.add_rows(blk.vectors, blk.row_ids, ids)
@@ -340,67 +394,6 @@ def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train
         t0 = time.perf_counter()
     add_s += time.perf_counter() - t0  # shard files written on leaving the block
     return Gallery.open(root, index_settings), {"train_s": train_s, "add_s": add_s}
-
-
-def _flat_baseline(data: SyntheticData, probes: Probes, q: int, params: SearchParams, truth: _Truth,
-                   reporter: Reporter) -> dict[str, Any]:
-    """Exact FAISS flat inner-product range search, streamed over the gallery in blocks."""
-    import faiss
-
-    advance = reporter.stage(f"flat ({q} probes)", data.spec.gallery_size)
-    sub = probes.vectors[:q]
-    pairs_p, pairs_r, pairs_s = [], [], []
-    search_s = 0.0
-    for blk in _blocks(data, advance):
-        t0 = time.perf_counter()
-        index = faiss.IndexFlatIP(data.profile.dim)
-        index.add(blk.vectors)
-        lims, dist, labels = index.range_search(sub, params.threshold)
-        search_s += time.perf_counter() - t0
-        counts = np.diff(lims).astype(np.int64)
-        pairs_p.append(np.repeat(np.arange(q), counts))
-        pairs_r.append(blk.row_ids[labels])
-        pairs_s.append(dist)
-    found = Candidates.from_pairs(q, np.concatenate(pairs_p), np.concatenate(pairs_r), np.concatenate(pairs_s),
-                                  params.max_candidates)
-    out = {"probes": q, "probes_per_s": q / search_s, "search_s": search_s,
-           "ram_bytes_per_template": data.profile.dim * 4.0}
-    out.update(truth.score(found, probe_subset=q))
-    return out
-
-
-def _hnsw_baseline(data: SyntheticData, probes: Probes, params: SearchParams, truth: _Truth, spec: BenchSpec,
-                   reporter: Reporter) -> dict[str, Any]:
-    """hnswlib (inner product) top-``depth``, exact scores, then the threshold."""
-    try:
-        import hnswlib
-    except ImportError:
-        raise InvalidParameter("--compare hnsw needs hnswlib (pip install .[bench])") from None
-    n, dim = data.spec.gallery_size, data.profile.dim
-    index = hnswlib.Index(space="ip", dim=dim)
-    index.init_index(max_elements=n, M=spec.hnsw_m, ef_construction=spec.hnsw_ef_construction, random_seed=spec.seed)
-    advance = reporter.stage("hnsw build", n)
-    t0 = time.perf_counter()
-    for blk in _blocks(data, advance):
-        index.add_items(blk.vectors, blk.row_ids)
-    build_s = time.perf_counter() - t0
-    k = min(params.depth, n)
-    index.set_ef(max(spec.hnsw_ef_search, k))
-    t0 = time.perf_counter()
-    labels, dist = index.knn_query(probes.vectors, k=k)
-    search_s = time.perf_counter() - t0
-    scores = 1.0 - dist  # hnswlib's "ip" distance is 1 - inner product (exact)
-    keep = scores >= params.threshold
-    pi, ki = np.nonzero(keep)
-    found = Candidates.from_pairs(probes.vectors.shape[0], pi, labels[pi, ki].astype(np.int64), scores[pi, ki],
-                                  params.max_candidates)
-    # hnswlib's documented memory: vectors plus about M*2*4 bytes of links per element.
-    out = {"probes": probes.vectors.shape[0], "probes_per_s": probes.vectors.shape[0] / search_s,
-           "search_s": search_s, "build_s": build_s,
-           "ram_bytes_per_template": dim * 4 + spec.hnsw_m * 2 * 4 + 8,
-           "M": spec.hnsw_m, "ef_construction": spec.hnsw_ef_construction, "ef_search": max(spec.hnsw_ef_search, k)}
-    out.update(truth.score(found))
-    return out
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:

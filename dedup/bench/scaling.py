@@ -138,7 +138,7 @@ def torch_exact_baseline(gallery_root: Path | str, probes: np.ndarray, params: S
     from dedup.index.gallery import Gallery
 
     gallery = Gallery.open(Path(gallery_root))
-    dev = resolve_device(device).type  # type: ignore[attr-defined]  # a torch.device, typed object to keep torch lazy
+    dev = resolve_device(device).type
     shards = gallery.shards()
     cache: dict = {}
     probes = np.ascontiguousarray(probes, dtype=np.float32)

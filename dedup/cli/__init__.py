@@ -13,7 +13,7 @@ import importlib
 import typer
 
 COMMAND_MODULES = ("config", "bench", "gallery", "embed", "system", "centres", "users", "queue", "evaluation",
-                   "serve", "tokens", "demo", "abis")
+                   "serve", "tokens", "demo", "abis", "accuracy")
 
 app = typer.Typer(
     name="dedup",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -41,6 +42,7 @@ def serve_command(
     user: User = None,
     max_messages: int | None = typer.Option(None, "--max-messages", min=1, help="stop after answering this many requests"),
     idle_exit: float | None = typer.Option(None, "--idle-exit", min=0.1, help="stop after this many seconds without a request"),
+    timings: Path | None = typer.Option(None, "--timings", help="at exit, write the seconds spent per stage to this JSON file"),
 ) -> None:
     """Consume MOSIP's inbound queue and answer on the outbound one (until Ctrl-C or SIGTERM)."""
     from dedup.deployment import open_deployment
@@ -84,7 +86,10 @@ def status_command(
     typer.echo(f"broker {out['broker_url']}: " + ("not checked" if "broker_reachable" not in out else
                                                    "reachable" if out["broker_reachable"] else f"unreachable ({out.get('broker_error')})"))
     c = out["consumer"]
-    typer.echo(f"consumer: {'running' if out['consumer_running'] else 'not running'} (pid {c.get('pid')}, last heartbeat {c.get('heartbeat_at')})")
+    running = "running" if out["consumer_running"] else "not running"
+    typer.echo(f"consumer: {running} (pid {c.get('pid')}, last heartbeat {c.get('heartbeat_at')})")
+    depth = out.get("queue_depth")
+    typer.echo(f"inbound queue: {'unknown' if depth is None else depth} message(s) waiting in the broker")
     typer.echo(f"pending jobs: {out['pending_jobs']}; references: {out['references']}; answered: {out['requests_answered']}"
                f" (last {out['last_answer_at']}); responses not confirmed sent: {out['unsent_responses']}")
     for r in out["by_operation"]:

@@ -55,9 +55,12 @@ def bench_command(
     profile: Annotated[str | None, typer.Option("--profile", help="uniform, face-like or arcface-like [default: face-like]")] = None,
     threshold: Annotated[float | None, typer.Option(
         "--threshold",
-        help="cosine threshold [default: the profile's operating point]")] = None,
+        help="cosine threshold, an explicit setting [default: the threshold in force for the profile's model at "
+             "this gallery size: its model card's tail at calibration.target_fpir]")] = None,
     shards: Annotated[int | None, typer.Option("--shards", help="shards to split the gallery into [default: 1]")] = None,
-    compare: Annotated[str | None, typer.Option("--compare", help="comparison engines, comma-separated: flat (always run), hnsw")] = None,
+    compare: Annotated[str | None, typer.Option(
+        "--compare",
+        help="comparison engines, comma-separated: exact (alias flat), faiss-refine, hnsw [default: exact]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="random seed of the synthetic data [default: 0]")] = None,
     nprobe: Annotated[int | None, typer.Option("--nprobe", help="IVF lists visited per probe [default: search.nprobe]")] = None,
     depth: Annotated[int | None, typer.Option("--depth", help="rows re-ranked exactly per probe [default: search.depth]")] = None,
@@ -100,6 +103,8 @@ def bench_command(
 
         check_scheduler(spec.scheduler or settings.runtime.scheduler)
     report = run_bench(spec, settings, progress=not as_json and sys.stderr.isatty())
+    for warning in report.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     report_json(report, as_json, json_out)
     if as_json:
         return
@@ -113,11 +118,19 @@ def bench_command(
         table.add_row(*row)
     console = Console()
     console.print(table)
-    flat = report["baselines"]["flat"]
-    console.print(f"dedup is {report['probes_per_s'] / flat['probes_per_s']:.1f}x exact flat "
-                  f"(flat timed on {flat['probes']:,} probes); capped probes: {report['capped_probes']}; "
+    exact = report["baselines"].get("exact")
+    versus = "; ".join(f"{b['speedup_of_dedup']:.1f}x {name}" for name, b in report["baselines"].items()
+                       if b.get("speedup_of_dedup"))
+    console.print(f"dedup is {versus} (best of {len(report['passes'])} interleaved passes"
+                  + (f"; exact: {exact['method']}, timed on {exact['probes']:,} probes" if exact else "")
+                  + f"); capped probes: {report['capped_probes']}; "
                   f"train {report['train_s']:.1f} s, add {report['add_s']:.1f} s; machine: {report['machine']['cpu']}, "
                   f"{report['machine']['cores']} cores")
+    tif = report["threshold_in_force"]
+    fpir = ("–" if report.get("fpir") is None
+            else f"{report['fpir']:.2e} ({report['false_positive_probes']} of {report['nonmated_probes']:,})")
+    console.print(f"threshold {tif['value']:.4f} from {tif['source']} ({tif['description']}); FPIR on non-mated probes "
+                  f"{fpir}, target {tif['target_fpir']:g}")
     if "scaling" in report:
         sc = report["scaling"]
         scale = Table("workers", "threads/worker", "probes/s", "speedup", "duplicate recall", "capped probes",

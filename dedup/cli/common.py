@@ -38,6 +38,14 @@ def cli_errors(fn: F) -> F:
         except MemoryError:
             typer.echo("error: out of memory; lower the sizes or add RAM (see `dedup bench --help`)", err=True)
             raise typer.Exit(3) from None
+        except OSError as exc:  # a disk or file failure no library path turned into a DedupError: still no traceback
+            import errno
+
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            where = f" ({exc.filename})" if exc.filename else ""
+            typer.echo(f"error: {'disk full' if full else exc.strerror or type(exc).__name__}{where}; "
+                       "what was written before is intact: free space or fix the disk, then run it again", err=True)
+            raise typer.Exit(10) from None
 
     return wrapper  # type: ignore[return-value]
 

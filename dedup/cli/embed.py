@@ -33,7 +33,7 @@ def embed_command(
     from dedup.config import load_settings
     from dedup.face.embed import embed_photos
     from dedup.face.sources import expand_sources, rejects_path_for
-    from dedup.face.threshold import DEFAULT_COSINE_THRESHOLD
+    from dedup.modelcards import load_card
 
     face = load_settings(home_dir(home)).face
     overrides: dict[str, Any] = {"workers": workers, "batch_size": batch_size, "device": device}
@@ -50,10 +50,12 @@ def embed_command(
             task = bar.add_task("embedding photos", total=len(sources))
             result = embed_photos(sources, face, progress=lambda done, total: bar.update(task, completed=done))
     result.write(out, rejects_path)
+    card = load_card(result.model_id) if result.model_id else None
     report = {
         "templates": str(out), "rejects": str(rejects_path), "photos": len(result.results),
         "accepted": len(result.accepted), "rejected": len(result.rejected), "reasons": result.reason_counts(),
-        "model_id": result.model_id, "dim": result.dim, "cosine_threshold": DEFAULT_COSINE_THRESHOLD if face.model == "dlib" else None,
+        # The model card's documented operating point (information only; `dedup run` uses the threshold in force).
+        "model_id": result.model_id, "dim": result.dim, "cosine_threshold": None if card is None else card.documented_threshold,
         "seconds": round(time.perf_counter() - started, 3),
     }
     if as_json:

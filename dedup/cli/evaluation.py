@@ -35,7 +35,7 @@ def eval_command(
     out: Annotated[Path, typer.Option("--out", help="folder for report.md and the PNG curves")] = Path("eval-report"),
     threshold: Annotated[float | None, typer.Option(
         "--threshold",
-        help="operating threshold [default: the model's documented operating point, else FMR 1e-4]")] = None,
+        help="operating threshold [default: the threshold in force for the set's model at its largest gallery]")] = None,
     gallery_sizes: Annotated[str | None, typer.Option(
         "--gallery-sizes",
         help="one-to-many gallery sizes, comma-separated [default: up to the enrolled pool]")] = None,
@@ -69,15 +69,22 @@ def eval_command(
     console = Console()
     c = doc["counts"]
     console.print(f"{c['templates']:,} templates, {c['identities']:,} identities; {c['genuine_pairs']:,} genuine and "
-                  f"{c['impostor_pairs']:,} impostor pairs; threshold {result.threshold:.4f} ({result.threshold_source})")
+                  f"{c['impostor_pairs']:,} impostor pairs; threshold {result.threshold:.4f} ({result.threshold_source})",
+                  soft_wrap=True)
     t = Table("FMR target", "threshold", "from", "FNMR", "FNMR CI", title="verification")
     for p in result.operating_points:
+        if p.threshold is None or p.fnmr is None or p.fnmr_ci is None:
+            t.add_row(f"{p.fmr_target:g}", "–", p.source, "–", "–")
+            continue
         t.add_row(f"{p.fmr_target:g}", f"{p.threshold:.4f}", p.source, f"{p.fnmr:.4g}", f"{p.fnmr_ci[0]:.3g} – {p.fnmr_ci[1]:.3g}")
     console.print(t)
+    for p in result.operating_points:       # where each row comes from, unwrapped
+        console.print(f"  FMR {p.fmr_target:g}: {p.source}: {p.note}", soft_wrap=True)
+    console.print(f"at the threshold: {doc['figure_sources']['at_threshold']}", soft_wrap=True)
     t = Table("gallery", "rank-1", "FPIR @ thr", "FNIR @ thr",
               *[f"FNIR @ FPIR {x:g}" for x in result.options.fpir_targets], title="identification (exact searches)")
     for s in result.identification:
-        cells = ["–" if p.fnir is None else f"{p.fnir:.4g}" for p in s.fnir_at_fpir]
+        cells = [(p.note or "–") if p.fnir is None else f"{p.fnir:.4g}" for p in s.fnir_at_fpir]
         t.add_row(f"{s.gallery_size:,}", "–" if s.rank1 is None else f"{s.rank1:.4f}",
                   "–" if s.fpir_at_threshold is None else f"{s.fpir_at_threshold:.4g}",
                   "–" if s.fnir_at_threshold is None else f"{s.fnir_at_threshold:.4g}", *cells)
@@ -114,7 +121,8 @@ def calibrate_command(
     seed: Annotated[int, typer.Option("--seed", help="seed of the pair sampling and the bootstrap")] = 0,
     apply: Annotated[bool, typer.Option(
         "--apply",
-        help="write the threshold to the deployment's dedup.toml, with an audit row (admin)")] = False,
+        help="make this the deployment's calibration (its calibration file and model card, the target in dedup.toml), "
+             "with an audit row (admin); the threshold then follows it at the gallery's size")] = False,
     user: User = None,
     as_json: Json = False,
     json_out: JsonOut = None,
@@ -142,18 +150,28 @@ def calibrate_command(
     console = Console()
     result = done.calibration
     ci = result.threshold_ci
-    console.print(f"threshold [bold]{result.threshold:.4f}[/bold] (CI {ci[0]:.4f} – {ci[1]:.4f}, {result.threshold_source}) "
+    sources = doc["sources"]
+    console.print(f"threshold [bold]{result.threshold:.4f}[/bold] (CI {ci[0]:.4f} – {ci[1]:.4f}) "
                   f"holds FPIR {result.target_fpir:g} at gallery size {result.gallery_size:,} (per-comparison FMR {result.fmr_target:.2e}; "
-                  f"{result.impostor_pairs:,} impostor pairs)")
+                  f"{result.impostor_pairs:,} impostor pairs); from: {sources['threshold']}", soft_wrap=True)
     if result.expected_fnir is not None and result.expected_fnir_ci is not None:
         console.print(f"expected FNIR {result.expected_fnir:.4g} (CI {result.expected_fnir_ci[0]:.3g} – "
-                      f"{result.expected_fnir_ci[1]:.3g}, {result.genuine_pairs:,} genuine pairs)")
+                      f"{result.expected_fnir_ci[1]:.3g}, {result.genuine_pairs:,} genuine pairs); from: {sources['expected_fnir']}",
+                      soft_wrap=True)
+    else:
+        console.print(f"expected FNIR: {sources['expected_fnir']}", soft_wrap=True)
+    if done.in_force is not None:
+        console.print(f"in force before: {done.in_force.words()}", soft_wrap=True)
+    elif done.in_force_error:
+        console.print(f"in force before: none ({done.in_force_error})", soft_wrap=True)
     if result.adjudications_per_day is not None:
         console.print(f"expected adjudication cases: {result.adjudications_per_day:,.0f} per day at "
                       f"{enrolments_per_day:,.0f} enrolments/day")
     if result.current_threshold is not None and result.current_fpir is not None:
-        console.print(f"current threshold {result.current_threshold:.4f} gives FPIR {result.current_fpir:.3g} at this size")
+        console.print(f"current threshold {result.current_threshold:.4f} gives FPIR {result.current_fpir:.3g} at this size",
+                      soft_wrap=True)
     if doc["applied"]:
         applied = doc["applied"]
-        console.print(f"applied: {applied['settings']} (previous threshold {applied['previous_threshold']}), "
-                      f"audit row by {applied['by']}")
+        console.print(f"applied: {applied['calibration']} and {applied['model_card']}; target FPIR in {applied['settings']} "
+                      f"(previous search.threshold {applied['previous_threshold']}; the threshold now follows this calibration "
+                      f"at the gallery's size), audit row by {applied['by']}", soft_wrap=True)

@@ -75,6 +75,11 @@ def _state_label(st: Any) -> str:
     return str(st.state)
 
 
+def _judged(st: Any) -> str:
+    """The threshold the enrolment was decided at (empty until `dedup run` decided it)."""
+    return "" if st.judged_threshold is None else f"{st.judged_threshold:.4f}"
+
+
 @app.command("status")
 @cli_errors
 def status_command(
@@ -92,8 +97,8 @@ def status_command(
     if as_json:
         print_json([st.as_dict() for st in states])
         return
-    show_table(f"enrolment {enrolment_id}", ["centre", "batch", "row", "state", "detail"],
-                [[st.centre_id, st.batch_id, st.row, _state_label(st), st.detail] for st in states])
+    show_table(f"enrolment {enrolment_id}", ["centre", "batch", "row", "state", "detail", "threshold"],
+                [[st.centre_id, st.batch_id, st.row, _state_label(st), st.detail, _judged(st)] for st in states])
 
 
 @app.command("report")
@@ -121,8 +126,8 @@ def report_command(
     if as_json:
         print_json({"batch_id": batch_id, "rows": [st.as_dict() for st in states]})
         return
-    show_table(f"batch {batch_id}", ["row", "centre", "enrolment", "state", "detail"],
-                [[st.row, st.centre_id, st.enrolment_id, _state_label(st), st.detail] for st in states])
+    show_table(f"batch {batch_id}", ["row", "centre", "enrolment", "state", "detail", "threshold"],
+                [[st.row, st.centre_id, st.enrolment_id, _state_label(st), st.detail, _judged(st)] for st in states])
 
 
 @app.command("run")

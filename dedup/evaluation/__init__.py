@@ -6,4 +6,5 @@
 - ``identification``: one-to-many searches, FNIR at FPIR, rank-1;
 - ``evaluate``: the whole evaluation; ``calibrate``: the threshold for a target FPIR;
 - ``report``: Markdown report and PNG curves; ``data``: labelled sets.
+- ``live``: what a deployment measures on itself (impostor tail refresh, per-group FMR, live FNIR).
 """

@@ -11,20 +11,20 @@ Expected adjudication cases per day at R enrolments/day, a fraction d of them du
 Reference: Aadhaar (UIDAI) reported FPIR 0.057% with fingerprints and irises fused, about 570
 manual reviews a day at 1M enrolments a day.
 
-A deployment keeps the fitted model in ``calibration.json`` (statistics only) so that
-``dedup run`` can ask ``threshold_still_meets_target`` as its gallery grows
-(``check_deployment_threshold``). On a live deployment the impostor scores come from the
-gallery itself (``sample_deployment_impostors``): pairs of different accepted identities.
+``--apply`` keeps the fitted model in the deployment's ``calibration.json`` and its own model
+card (``dedup.modelcards``); from then on ``dedup.operating_point.threshold_in_force`` evaluates
+that tail at the gallery's size for every unit ``dedup run`` decides, so the threshold rises
+as the gallery grows. On a live deployment the impostor scores come from the gallery itself
+(``sample_deployment_impostors``): pairs of different accepted identities.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,12 @@ import numpy as np
 from dedup.errors import BadInput, ConfigError, InvalidParameter
 from dedup.evaluation.scores import GenuineScores, ImpostorSample, impostor_sample, sample_rows
 from dedup.evaluation.stats import wilson_interval
-from dedup.evaluation.tail import TailModel, fmr_for_fpir, fpir_from_fmr
+from dedup.evaluation.tail import TailModel, fmr_for_fpir
 from dedup.fsutil import atomic_write_text, existing_mode
 from dedup.ids import gallery_name
-
-CALIBRATION_FILE = "calibration.json"
-CALIBRATION_VERSION = 1
+from dedup.modelcards import GenuineSummary, ModelCard, Provenance, load_card, save_deployment_card
+from dedup.modelcards.calibration_file import save_calibration
+from dedup.operating_point import fpir_at, threshold_for_target
 
 
 @dataclass
@@ -101,6 +101,7 @@ class DeploymentSample:
     model_id: str
     gallery_size: int       # every gallery row (synthetic and pending ones too): what a search is up against
     accepted: int           # accepted identities with a UIN that the sample was drawn from
+    dim: int = 0
 
 
 def sample_deployment_impostors(home: Path, n_pairs: int, rng: np.random.Generator) -> DeploymentSample:
@@ -139,7 +140,7 @@ def sample_deployment_impostors(home: Path, n_pairs: int, rng: np.random.Generat
     vectors = gallery.exact_vectors(np.array([rows[gallery_name(pk)] for pk in present], dtype=np.int64))
     identities = np.array([uin_of[pk] for pk in present])
     impostor = sample_impostor_scores_from_gallery(vectors, identities, n_pairs, rng)
-    return DeploymentSample(impostor, gallery.model_id, len(gallery), int(pks.size))
+    return DeploymentSample(impostor, gallery.model_id, len(gallery), int(pks.size), int(vectors.shape[1]))
 
 
 def deployment_gallery_size(home: Path) -> int | None:
@@ -164,10 +165,10 @@ def calibrate(tail: TailModel, genuine: GenuineScores | None, target_fpir: float
     if not 0 <= duplicate_rate < 1:
         raise InvalidParameter("duplicate rate must be in [0, 1)")
     f = fmr_for_fpir(target_fpir, gallery_size)
-    t = tail.threshold_for_fmr(f)
+    t = threshold_for_target(tail, target_fpir, gallery_size)
     t_ci = tail.threshold_interval(f)
     source = "empirical" if t <= tail.u else "tail-model"
-    fpir_ci = _fpir_interval(tail, t, gallery_size)
+    fpir_ci = fpir_at(tail, t, gallery_size)[1]
     conf = tail.confidence
     fnir = fnir_ci = None
     n_gen = 0
@@ -191,103 +192,56 @@ def calibrate(tail: TailModel, genuine: GenuineScores | None, target_fpir: float
             if all(math.isfinite(v) for v in fpir_ci) else None
     cur = cur_ci = None
     if current_threshold is not None:
-        cur = float(fpir_from_fmr(tail.fmr(current_threshold), gallery_size))
-        cur_ci = _fpir_interval(tail, current_threshold, gallery_size)
+        cur, cur_ci = fpir_at(tail, current_threshold, gallery_size)
     return Calibration(
         model_id, target_fpir, gallery_size, gallery_size_source, f, t, t_ci, source, fpir_ci, fnir, fnir_ci,
         n_gen, tail.n_pairs, int(impostor.rows.size) if impostor is not None else 0,
         enrolments_per_day, duplicate_rate, adj, adj_ci, current_threshold, cur, cur_ci, conf)
 
 
-def _fpir_interval(tail: TailModel, t: float, n: int) -> tuple[float, float]:
-    lo, hi = tail.fmr_interval(t)
-    return float(fpir_from_fmr(lo, n)), float(fpir_from_fmr(hi, n))
+def calibration_sources(c: Calibration) -> dict[str, str]:
+    """Where each figure of a calibration comes from, in words (printed and in ``--json``)."""
+    pairs = c.impostor_pairs
+    if c.threshold_source == "empirical":
+        thr = f"empirical: read from {pairs:,} sampled impostor pairs (FMR {c.fmr_target:.1e} is within their reach)"
+    else:
+        thr = (f"tail model: FMR {c.fmr_target:.1e} is below 1/{pairs:,} pairs, not estimable from the sample itself; "
+               "extrapolated by the generalized Pareto tail fitted to its highest pairs")
+    if c.expected_fnir is None:
+        fnir = "not estimable: no genuine pairs (impostor pairs only)"
+    else:
+        fnir = f"empirical: share of {c.genuine_pairs:,} genuine pairs scoring below the threshold"
+    return {"threshold": thr, "fpir": "model: FPIR(N, t) = 1 - (1 - FMR(t))^N with FMR(t) as for the threshold",
+            "expected_fnir": fnir}
 
 
 # --------------------------------------------------------------------------- the deployment
 
 
-@dataclass
-class ThresholdCheck:
-    """Whether a configured threshold still holds the target FPIR at the current gallery size."""
-
-    ok: bool
-    threshold: float
-    target_fpir: float
-    gallery_size: int
-    fpir: float
-    fpir_ci: tuple[float, float]
-    required_threshold: float
-    message: str
-
-
-def threshold_still_meets_target(tail: TailModel, threshold: float, target_fpir: float,
-                                 gallery_size: int) -> ThresholdCheck:
-    """Check the configured threshold against the target at ``gallery_size``.
-
-    Not ok when the modelled FPIR at ``threshold`` exceeds the target (the point estimate:
-    the gallery has outgrown the threshold). ``dedup run`` calls it with the deployment's
-    saved model (``load_calibration``) and warns with ``message``.
-    """
-    fpir = float(fpir_from_fmr(tail.fmr(threshold), gallery_size))
-    ci = _fpir_interval(tail, threshold, gallery_size)
-    need = tail.threshold_for_fmr(fmr_for_fpir(target_fpir, gallery_size))
-    # The calibrated threshold itself is ok: the empirical FMR is a step function, so at
-    # exactly the threshold it needs, the point estimate can sit a hair above the target.
-    ok = fpir <= target_fpir * (1 + 1e-9) or threshold >= need - 1e-12
-    msg = (f"threshold {threshold:.4f} holds FPIR {fpir:.2e} <= target {target_fpir:.2e} at gallery size {gallery_size:,}"
-           if ok else
-           f"the gallery ({gallery_size:,}) has outgrown threshold {threshold:.4f}: expected FPIR {fpir:.2e} "
-           f"(CI {ci[0]:.1e}..{ci[1]:.1e}) exceeds the target {target_fpir:.2e}; the target needs {need:.4f} "
-           "(run `dedup calibrate --apply`)")
-    return ThresholdCheck(ok, threshold, target_fpir, gallery_size, fpir, ci, need, msg)
+def deployment_card(calibration: Calibration, tail: TailModel, dim: int, data: str,
+                    genuine: GenuineScores | None) -> ModelCard:
+    """The deployment's own model card from a calibration (for a plugged model, its only card)."""
+    bundled = load_card(calibration.model_id)
+    return ModelCard(
+        calibration.model_id, dim, calibration.model_id,
+        None if bundled is None else bundled.documented_threshold,
+        "the bundled card's" if bundled is not None else "no documented operating point known",
+        tail, Provenance(data, calibration.impostor_pairs, calibration.templates_paired,
+                         datetime.now(UTC).isoformat(timespec="seconds"),
+                         "dedup calibrate: " + calibration.model_note, synthetic=False),
+        GenuineSummary.of(genuine.scores if genuine is not None else np.zeros(0),
+                          "genuine pairs of the calibration templates" if genuine is not None and genuine.n_pairs
+                          else "none: impostor pairs only"),
+        kind="deployment")
 
 
-def save_calibration(home: Path, calibration: Calibration, tail: TailModel) -> Path:
-    """Write ``calibration.json`` (statistics only) atomically."""
-    path = Path(home) / CALIBRATION_FILE
-    doc = {"version": CALIBRATION_VERSION, "written_at": datetime.now(timezone.utc).isoformat(),
-           "calibration": calibration.to_dict(), "tail": tail.to_dict()}
-    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n", existing_mode(path, 0o600))
-    return path
+def apply_threshold(home: Path, threshold: float | None, target_fpir: float) -> Path:
+    """Write ``[calibration] target_fpir`` and ``[search] threshold`` into ``home/dedup.toml``.
 
-
-def load_calibration(home: Path) -> tuple[dict[str, Any], TailModel] | None:
-    """The deployment's saved calibration and tail model, or None when it has none."""
-    path = Path(home) / CALIBRATION_FILE
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("version") != CALIBRATION_VERSION:
-            raise BadInput(f"{path}: calibration version {doc.get('version')}, expected {CALIBRATION_VERSION}; "
-                           "run `dedup calibrate --apply` again")
-        return doc["calibration"], TailModel.from_dict(doc["tail"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"{path}: not a calibration file ({exc}); run `dedup calibrate --apply` again") from None
-
-
-def check_deployment_threshold(home: Path, gallery_size: int) -> ThresholdCheck | None:
-    """For ``dedup run``: the configured threshold against the saved calibration at the current
-    gallery size; None when the deployment was never calibrated."""
-    from dedup.config import load_settings
-
-    saved = load_calibration(home)
-    if saved is None:
-        return None
-    cal, tail = saved
-    settings = load_settings(home)
-    threshold = settings.search.threshold
-    if threshold == 0.0:
-        threshold = float(cal["threshold"])
-    return threshold_still_meets_target(tail, threshold, settings.calibration.target_fpir, gallery_size)
-
-
-def apply_threshold(home: Path, threshold: float, target_fpir: float) -> Path:
-    """Write ``[search] threshold`` and ``[calibration] target_fpir`` into ``home/dedup.toml``.
-
-    Every other line (comments included) is kept; the new file is validated by the settings
-    loader before it atomically replaces the old one (temporary file + ``os.replace``).
+    ``threshold`` None (what ``--apply`` writes): the threshold follows the calibration, so an
+    explicit ``search.threshold`` in the file is set back to 0; none is added. Every other
+    line (comments included) is kept; the new file is validated by the settings loader before
+    it atomically replaces the old one (temporary file + ``os.replace``).
     """
     from dedup.config import SETTINGS_FILE, load_settings
 
@@ -300,13 +254,17 @@ def apply_threshold(home: Path, threshold: float, target_fpir: float) -> Path:
         before = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    # Rounded up, never down: a threshold written lower than calibrated would miss the target.
-    written = math.ceil(threshold * 1e6) / 1e6
-    text = set_toml_value(text, "search", "threshold", repr(written))
+    expected = {k: dict(v) if isinstance(v, dict) else v for k, v in before.items()}
+    if threshold is not None:
+        # Rounded up, never down: a threshold written lower than calibrated would miss the target.
+        written = math.ceil(threshold * 1e6) / 1e6
+        text = set_toml_value(text, "search", "threshold", repr(written))
+        expected.setdefault("search", {})["threshold"] = written
+    elif "threshold" in before.get("search", {}):
+        text = set_toml_value(text, "search", "threshold", "0.0")
+        expected["search"]["threshold"] = 0.0
     text = set_toml_value(text, "calibration", "target_fpir", repr(float(target_fpir)))
     after = tomllib.loads(text)
-    expected = {k: dict(v) if isinstance(v, dict) else v for k, v in before.items()}
-    expected.setdefault("search", {})["threshold"] = written
     expected.setdefault("calibration", {})["target_fpir"] = float(target_fpir)
     if after != expected:
         raise ConfigError(f"{path}: could not update the threshold without changing other settings; edit it by hand")
@@ -346,6 +304,7 @@ class Applied:
 
     settings_path: Path
     calibration_path: Path
+    card_path: Path
     previous_threshold: float
     audited_by: str
 
@@ -362,9 +321,10 @@ def has_database(home: Path) -> bool:
     return bool(url) or (home / "pg" / "PG_VERSION").exists()
 
 
-def apply_calibration(home: Path, user: str | None, calibration: Calibration, tail: TailModel) -> Applied:
-    """``--apply``: the threshold into ``dedup.toml``, the model into ``calibration.json``, and a
-    ``threshold.calibrate`` audit row, by an admin.
+def apply_calibration(home: Path, user: str | None, calibration: Calibration, tail: TailModel, card: ModelCard) -> Applied:
+    """``--apply``: the target into ``dedup.toml`` (an explicit ``search.threshold`` back to 0, so the
+    threshold follows the calibration), the model into ``calibration.json`` and the deployment's
+    model card, and a ``threshold.calibrate`` audit row, by an admin.
 
     The audit row is inserted in a transaction that commits only after the settings file was
     replaced, so a failed write leaves no audit row and a refused user changes nothing.
@@ -389,7 +349,9 @@ def apply_calibration(home: Path, user: str | None, calibration: Calibration, ta
                 "threshold_ci": list(calibration.threshold_ci), "target_fpir": calibration.target_fpir,
                 "gallery_size": calibration.gallery_size, "model_id": calibration.model_id,
                 "impostor_pairs": calibration.impostor_pairs, "expected_fnir": calibration.expected_fnir,
+                "follows": "calibration: the threshold in force is this tail at the gallery's size, for every unit",
             })
-            settings_path = apply_threshold(home, calibration.threshold, calibration.target_fpir)
-            calibration_path = save_calibration(home, calibration, tail)
-    return Applied(settings_path, calibration_path, previous, actor.name)
+            settings_path = apply_threshold(home, None, calibration.target_fpir)
+            calibration_path = save_calibration(home, calibration.to_dict(), tail)
+            card_path = save_deployment_card(home, card)
+    return Applied(settings_path, calibration_path, card_path, previous, actor.name)

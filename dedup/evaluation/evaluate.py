@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,19 +18,30 @@ import numpy as np
 
 from dedup.errors import InvalidParameter
 from dedup.evaluation.data import LabelledSet
-from dedup.evaluation.identification import IdentificationPoint, SearchOutcome, fnir_at, fnir_at_fpir, fpir_at, rank1, search_prefixes, split_for_search
+from dedup.evaluation.identification import (
+    IdentificationPoint,
+    SearchOutcome,
+    fnir_at,
+    fnir_at_fpir,
+    fpir_at,
+    rank1,
+    search_prefixes,
+    split_for_search,
+)
 from dedup.evaluation.metrics import DetCurve, GroupRow, OperatingPoint, det_curve, empirical_threshold, fnmr_at_fmr, per_group
 from dedup.evaluation.scores import GenuineScores, ImpostorSample, ProgressFn, genuine_scores, impostor_sample
 from dedup.evaluation.stats import wilson_interval
 from dedup.evaluation.tail import TailModel, fit_tail, fpir_from_fmr
+from dedup.operating_point import ThresholdInForce, threshold_for_target
+
+InForceFn = Callable[[int], ThresholdInForce | None]   # gallery size -> the threshold in force, None without one
 
 REPORT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What to compute. ``threshold`` None: the model's documented operating point when known,
-    else the threshold at FMR 1e-4."""
+    """What to compute. ``threshold`` None: the threshold in force (see ``evaluate``)."""
 
     threshold: float | None = None
     fmr_targets: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 1e-6)
@@ -41,6 +53,7 @@ class EvalOptions:
     bootstrap: int = 200
     tail_fraction: float = 1e-4
     seed: int = 0
+    target_fpir: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
@@ -101,6 +114,22 @@ class EvalResult:
     outcome: SearchOutcome | None = field(default=None, repr=False)
     rejected: dict[str, int] = field(default_factory=dict)
 
+    def figure_sources(self) -> dict[str, str]:
+        """Where each kind of figure comes from, in words."""
+        n, g = self.impostor.n_pairs, self.genuine.n_pairs
+        fm = self.impostor.count_ge(self.threshold)
+        at = (f"empirical: {fm:,} of {n:,} sampled impostor pairs and {self.genuine.count_lt(self.threshold):,} of {g:,} "
+              "genuine pairs")
+        if fm == 0:
+            at += f"; FMR 0 observed: below 1/{n:,} it is not estimable from these pairs (see the tail model rows)"
+        return {
+            "fnmr_at_fmr": "per row: empirical (>= 10 impostor pairs above), tail-model (extrapolated) or not estimable",
+            "at_threshold": at,
+            "identification": "empirical: exact searches of nested galleries (FNIR at FPIR rows are not estimable "
+                              "with fewer than 1/FPIR non-mated searches); 'fpir_model_at_threshold' is the tail model",
+            "groups": "empirical: pairs within each group, Wilson intervals",
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` document: stable keys, numbers only."""
         imp = self.impostor
@@ -117,6 +146,7 @@ class EvalResult:
                                    "tail model: percentile bootstrap over templates",
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
+            "figure_sources": self.figure_sources(),
             "distributions": {
                 "impostor": _moments_hist(imp.total),
                 "genuine": _moments(self.genuine.scores),
@@ -139,29 +169,16 @@ class EvalResult:
         }
 
 
-def operating_threshold(model_id: str) -> float | None:
-    """The documented operating point of a known model id (synthetic profiles; the face module's model)."""
-    if model_id.startswith("synthetic:"):
-        from dedup.bench.synth import PROFILES
-
-        name = model_id.split(":")[1]
-        if name in PROFILES:
-            return PROFILES[name].threshold
-        return None
-    try:
-        from dedup.face import DEFAULT_COSINE_THRESHOLD
-        from dedup.face.model import default_model_id
-
-        if model_id == default_model_id():
-            return DEFAULT_COSINE_THRESHOLD
-    except Exception:  # the face pipeline cannot load here: no documented point known
-        return None
-    return None
-
-
 def evaluate(data: LabelledSet, options: EvalOptions = EvalOptions(), progress: ProgressFn | None = None,
-             keep_outcome: bool = False) -> EvalResult:
-    """Compute the whole evaluation of a labelled set."""
+             keep_outcome: bool = False, in_force: InForceFn | None = None) -> EvalResult:
+    """Compute the whole evaluation of a labelled set.
+
+    The operating threshold: ``options.threshold`` when given; else ``in_force(N)``, the
+    threshold in force for the set's model at the largest gallery evaluated
+    (``dedup.operating_point.threshold_in_force``; None when the model has neither card nor
+    calibration); else the threshold this set's own tail model gives for ``target_fpir`` at N;
+    else, with too few pairs for a tail, the empirical threshold at FMR 1e-4, said to be one.
+    """
     rng = np.random.default_rng(options.seed)
     counts = data.counts()
     if counts["identities"] < 2:
@@ -177,20 +194,30 @@ def evaluate(data: LabelledSet, options: EvalOptions = EvalOptions(), progress: 
         tail = fit_tail(imp, options.tail_fraction, options.confidence, options.bootstrap, rng)
     except InvalidParameter as exc:
         tail_note = f"no tail model: {exc}"
+    split = split_for_search(data.identity, options.max_searches, rng)
+    sizes = _sizes(options.gallery_sizes, split.pool.size)
+    n_for_threshold = max(sizes[-1] if sizes else int(split.pool.size), 1)
+    found = in_force(n_for_threshold) if (options.threshold is None and in_force is not None) else None
     if options.threshold is not None:
         threshold, source = float(options.threshold), "given"
-    elif (t := operating_threshold(data.model_id)) is not None:
-        threshold, source = t, f"documented operating point of {data.model_id}"
+    elif found is not None:
+        threshold = found.value
+        source = f"threshold in force for {data.model_id} at N = {n_for_threshold:,}: {found.source}, {found.description}"
+    elif tail is not None:
+        threshold = threshold_for_target(tail, options.target_fpir, n_for_threshold)
+        source = (f"no model card or calibration for {data.model_id}: this set's own tail model, FPIR "
+                  f"{options.target_fpir:g} at N = {n_for_threshold:,}")
     else:
-        threshold, source = empirical_threshold(imp, 1e-4), "empirical threshold at FMR 1e-4"
+        threshold = empirical_threshold(imp, 1e-4)
+        source = (f"no model card or calibration for {data.model_id}, and no tail model ({tail_note}): the empirical "
+                  f"threshold at FMR 1e-4, not estimable from {imp.n_pairs:,} pairs (it is their highest score)"
+                  if imp.n_pairs * 1e-4 < 1 else "empirical threshold at FMR 1e-4")
     ops = fnmr_at_fmr(imp, gen, list(options.fmr_targets), tail, options.confidence)
     groups = per_group(imp, gen, threshold, options.confidence)
     fm, fnm = imp.count_ge(threshold), gen.count_lt(threshold)
     fmr_ci = wilson_interval(fm, imp.n_pairs, options.confidence)
     fnmr_ci = wilson_interval(fnm, gen.n_pairs, options.confidence)
 
-    split = split_for_search(data.identity, options.max_searches, rng)
-    sizes = _sizes(options.gallery_sizes, split.pool.size)
     ident_summaries: list[SizeSummary] = []
     outcome = None
     if sizes and split.probes.size:

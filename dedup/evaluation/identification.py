@@ -17,8 +17,8 @@ never the pairs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -166,7 +166,8 @@ def fnir_at_fpir(outcome: SearchOutcome, targets: list[float], confidence: float
             if n_nm * target < 1 or n_m == 0:
                 out.append(IdentificationPoint(
                     size, target, None, None, None, None, n_m, n_nm,
-                    note=f"needs >= {int(np.ceil(1 / target))} non-mated and >= 1 mated searches"))
+                    note=f"not estimable from {n_nm:,} non-mated and {n_m:,} mated searches "
+                         f"(needs >= {int(np.ceil(1 / target))} non-mated and >= 1 mated)"))
                 continue
             t = threshold_for_fpir(outcome.nonmate[s][~m], target)
             fp, _ = fpir_at(outcome, s, t)

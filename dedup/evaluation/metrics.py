@@ -59,36 +59,48 @@ def empirical_threshold(imp: ImpostorSample, target: float) -> float:
 
 @dataclass
 class OperatingPoint:
-    """FNMR at one FMR target."""
+    """FNMR at one FMR target. ``source`` says where the threshold comes from: ``empirical`` (at
+    least ``MIN_EXPECTED_ERRORS`` sampled impostor pairs above it), ``tail-model`` (fewer: the
+    generalized Pareto tail extrapolates), or ``not estimable`` (fewer and no tail model: the
+    figures are None and ``note`` says from how many pairs)."""
 
     fmr_target: float
-    threshold: float
-    source: str                 # "empirical" or "tail-model"
-    fmr: float                  # empirical FMR at the threshold (may be 0 beyond the sample)
-    fnmr: float
-    fnmr_ci: tuple[float, float]
+    threshold: float | None
+    source: str                 # "empirical", "tail-model" or "not estimable"
+    fmr: float | None           # empirical FMR at the threshold (may be 0 beyond the sample)
+    fnmr: float | None
+    fnmr_ci: tuple[float, float] | None
     impostor_pairs: int
     false_matches: int
     genuine_pairs: int
     false_non_matches: int
+    note: str = ""
 
 
 def fnmr_at_fmr(imp: ImpostorSample, gen: GenuineScores, targets: list[float], tail: TailModel | None,
                 confidence: float = 0.95) -> list[OperatingPoint]:
     """FNMR at each FMR target: empirical where the sample holds >= 10 impostor pairs above the
-    threshold, else the tail model's threshold (``source`` says which)."""
+    threshold, else the tail model's threshold, else not estimable (``source`` says which)."""
     out = []
     n = imp.n_pairs
     for f in targets:
-        if n * f >= MIN_EXPECTED_ERRORS or tail is None:
+        if n * f >= MIN_EXPECTED_ERRORS:
             t, source = empirical_threshold(imp, f), "empirical"
-        else:
+            note = f"read from {n:,} sampled impostor pairs ({imp.count_ge(t):,} at or above it)"
+        elif tail is not None:
             t, source = tail.threshold_for_fmr(f), "tail-model"
+            note = (f"FMR {f:g} needs >= {math.ceil(MIN_EXPECTED_ERRORS / f):,} pairs to read; extrapolated by the "
+                    f"tail model fitted to the highest of {n:,} pairs")
+        else:
+            out.append(OperatingPoint(f, None, "not estimable", None, None, None, n, 0, gen.n_pairs, 0,
+                                      f"not estimable from {n:,} impostor pairs (FMR {f:g} needs >= "
+                                      f"{math.ceil(MIN_EXPECTED_ERRORS / f):,} pairs, and no tail model could be fitted)"))
+            continue
         fm = imp.count_ge(t)
         fnm = gen.count_lt(t)
         lo, hi = wilson_interval(fnm, gen.n_pairs, confidence)
         out.append(OperatingPoint(f, t, source, fm / max(n, 1), fnm / max(gen.n_pairs, 1),
-                                  (float(lo), float(hi)), n, fm, gen.n_pairs, fnm))
+                                  (float(lo), float(hi)), n, fm, gen.n_pairs, fnm, note))
     return out
 
 

@@ -7,6 +7,7 @@ matplotlib is imported here only (it is a plotting dependency, not a core one).
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,11 @@ def write_report(result: EvalResult, out_dir: Path) -> dict[str, Path]:
     """Write ``report.md``, ``scores.png``, ``det.png``, ``fnir_fpir.png`` and ``groups.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = write_plots(result, out_dir)
+    with warnings.catch_warnings():
+        # matplotlib warns about empty or non-positive data on log axes (a small set has
+        # curves with nothing to draw); the report says what is missing, the console stays quiet.
+        warnings.simplefilter("ignore", UserWarning)
+        paths = write_plots(result, out_dir)
     md = out_dir / "report.md"
     atomic_write_text(md, render_markdown(result, {k: p.name for k, p in paths.items()}))
     return {"report": md, **paths}
@@ -81,7 +86,7 @@ def write_plots(result: EvalResult, out_dir: Path) -> dict[str, Path]:
         plotted = plotted or bool(keep.any())
         ax.plot(fm[keep], fn[keep], ls=":", label="tail model (FMR beyond the sample)")
     for p in result.operating_points:
-        if p.fnmr > 0:
+        if p.fnmr:
             ax.plot([p.fmr_target], [p.fnmr], "o", ms=4)
     _log_axes(ax, plotted)
     ax.set_xlabel("FMR")
@@ -198,10 +203,13 @@ def render_markdown(r: EvalResult, images: dict[str, str]) -> str:
         "|---:|---:|---|---:|---|---:|",
     ]
     for p in r.operating_points:
-        lines.append(f"| {p.fmr_target:g} | {p.threshold:.4f} | {p.source} | {_f(p.fnmr)} | {_ci(p.fnmr_ci)} | "
+        if p.threshold is None:
+            lines.append(f"| {p.fmr_target:g} | – | {p.note} | – | – | – |")
+            continue
+        lines.append(f"| {p.fmr_target:g} | {p.threshold:.4f} | {p.source}: {p.note} | {_f(p.fnmr)} | {_ci(p.fnmr_ci)} | "
                      f"{p.false_non_matches:,} / {p.genuine_pairs:,} |")
     lines += ["", "A target is read from the sampled impostor pairs when at least 10 of them lie above its threshold; "
-              "beyond, from the tail model."]
+              "beyond, from the tail model; with neither, it is not estimable from the pairs there are."]
     if r.tail is not None:
         t = r.tail
         lines += ["", f"Tail model: generalized Pareto above u = {t.u:.4f} (FMR(u) = {_f(t.p_u)}, {t.n_exceed:,} "
@@ -219,8 +227,9 @@ def render_markdown(r: EvalResult, images: dict[str, str]) -> str:
               "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(r.options.fpir_targets)]
     for s in r.identification:
         cells = []
-        for p in s.fnir_at_fpir:
-            cells.append("–" if p.fnir is None else f"{_f(p.fnir)} ({_ci(p.fnir_ci)}) at {p.threshold:.4f}")
+        for ip in s.fnir_at_fpir:
+            cells.append((ip.note or "–") if ip.fnir is None or ip.threshold is None
+                         else f"{_f(ip.fnir)} ({_ci(ip.fnir_ci)}) at {ip.threshold:.4f}")
         lines.append(f"| {s.gallery_size:,} | {s.mated_searches:,} / {s.nonmated_searches:,} | {_f(s.rank1)} | "
                      f"{_f(s.fpir_at_threshold)} ({_ci(s.fpir_at_threshold_ci)}) | {_f(s.fpir_model_at_threshold)} | "
                      f"{_f(s.fnir_at_threshold)} ({_ci(s.fnir_at_threshold_ci)}) | " + " | ".join(cells) + " |")

@@ -15,8 +15,8 @@ Genuine pairs (two captures of one identity) are few and are kept exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

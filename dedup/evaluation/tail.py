@@ -200,7 +200,7 @@ class TailModel:
         }
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "TailModel":
+    def from_dict(d: dict[str, Any]) -> TailModel:
         return TailModel(
             u=float(d["u"]), p_u=float(d["p_u"]), gpd=GPD(float(d["xi"]), float(d["sigma"])),
             n_pairs=int(d["n_pairs"]), n_exceed=int(d["n_exceed"]), confidence=float(d["confidence"]),
@@ -267,7 +267,7 @@ def _bootstrap(sample: ImpostorSample, excess: np.ndarray, ti: np.ndarray, tj: n
     _, inv = np.unique(ident, return_inverse=True)
     out = np.zeros((reps, 3))
     for r in range(reps):
-        w = rng.poisson(1.0, size=m).astype(np.float64)
+        w = np.asarray(rng.poisson(1.0, size=m), dtype=np.float64)
         per_id = np.bincount(inv, weights=w)
         per_id_sq = np.bincount(inv, weights=w * w)
         total = (w.sum() ** 2 - (w * w).sum()) / 2 - (per_id ** 2 - per_id_sq).sum() / 2

@@ -12,20 +12,24 @@ from typing import Any
 import numpy as np
 
 from dedup.config import Settings
-from dedup.errors import BadInput
+from dedup.errors import BadInput, InvalidParameter, NoOperatingPoint
 from dedup.evaluation.calibrate import (
     Applied,
     Calibration,
     apply_calibration,
     calibrate,
+    calibration_sources,
+    deployment_card,
     deployment_gallery_size,
+    has_database,
     sample_deployment_impostors,
 )
 from dedup.evaluation.data import LabelledSet, load_photo_folder, load_templates
-from dedup.evaluation.evaluate import EvalOptions, EvalResult, evaluate, operating_threshold
+from dedup.evaluation.evaluate import EvalOptions, EvalResult, evaluate
 from dedup.evaluation.report import write_report
 from dedup.evaluation.scores import genuine_scores, impostor_sample
 from dedup.evaluation.tail import fit_tail
+from dedup.operating_point import ThresholdInForce, threshold_in_force
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -58,9 +62,17 @@ def evaluate_set(inputs: list[Path], out: Path, settings: Settings, home: Path |
     options = EvalOptions(
         threshold=threshold, gallery_sizes=gallery_sizes,
         max_impostor_pairs=impostor_pairs or cal.impostor_pairs, max_searches=max_searches,
-        confidence=cal.confidence, bootstrap=cal.bootstrap, tail_fraction=cal.tail_fraction, seed=seed)
+        confidence=cal.confidence, bootstrap=cal.bootstrap, tail_fraction=cal.tail_fraction, seed=seed,
+        target_fpir=cal.target_fpir)
     data = load_labelled_set(inputs, home)
-    result = evaluate(data, options, progress=progress, keep_outcome=True)
+
+    def in_force(n: int) -> ThresholdInForce | None:
+        try:
+            return threshold_in_force(data.model_id, n, settings, home)
+        except NoOperatingPoint:
+            return None
+
+    result = evaluate(data, options, progress=progress, keep_outcome=True, in_force=in_force)
     return Evaluation(result, write_report(result, out))
 
 
@@ -71,12 +83,18 @@ class DeploymentCalibration:
     calibration: Calibration
     impostor_source: str            # "templates" or "deployment gallery"
     applied: Applied | None
+    in_force: ThresholdInForce | None = None     # the threshold in force before this calibration
+    in_force_error: str | None = None            # why there was none
 
     def to_dict(self) -> dict[str, Any]:
         applied = None if self.applied is None else {
             "settings": str(self.applied.settings_path), "calibration": str(self.applied.calibration_path),
+            "model_card": str(self.applied.card_path),
             "previous_threshold": self.applied.previous_threshold, "by": self.applied.audited_by}
-        return {**self.calibration.to_dict(), "impostor_source": self.impostor_source, "applied": applied}
+        return {**self.calibration.to_dict(), "impostor_source": self.impostor_source, "applied": applied,
+                "threshold_in_force": None if self.in_force is None else self.in_force.to_dict(),
+                "threshold_in_force_error": self.in_force_error,
+                "sources": calibration_sources(self.calibration)}
 
 
 def calibrate_deployment(home: Path, settings: Settings, *, target_fpir: float | None = None,
@@ -104,16 +122,32 @@ def calibrate_deployment(home: Path, settings: Settings, *, target_fpir: float |
     gen = None
     if templates:
         data = load_templates(list(templates))
-        model_id = data.model_id
+        model_id, dim = data.model_id, int(data.vectors.shape[1])
         imp = impostor_sample(data.vectors, data.identity, data.group, data.group_names,
                               max_pairs=max_pairs, rng=rng, progress=progress)
         gen = genuine_scores(data.vectors, data.identity, data.group, rng=rng)
+        described = f"labelled templates ({', '.join(p.name for p in templates)}: {data.counts()['identities']:,} identities)"
     else:  # the live gallery: pairs of different accepted identities (no genuine pairs, so no FNIR)
         live = sample_deployment_impostors(home, max_pairs, rng)
-        imp, model_id = live.impostor, live.model_id
-    tail = fit_tail(imp, cal.tail_fraction, cal.confidence, cal.bootstrap, rng)
-    current = settings.search.threshold or operating_threshold(model_id)
+        imp, model_id, dim = live.impostor, live.model_id, live.dim
+        described = f"this deployment's gallery: pairs of {live.accepted:,} accepted identities"
+    try:
+        tail = fit_tail(imp, cal.tail_fraction, cal.confidence, cal.bootstrap, rng)
+    except InvalidParameter as exc:
+        raise BadInput(f"the threshold for FPIR {target:g} at gallery size {gallery_size:,} is not estimable from "
+                       f"{imp.n_pairs:,} impostor pairs ({exc})") from None
+    in_force, in_force_error = _current(model_id, gallery_size, settings, home)
     result = calibrate(tail, gen, target, gallery_size, model_id, imp, enrolments_per_day, duplicate_rate,
-                       current, size_source)
-    applied = apply_calibration(home, user, result, tail) if apply else None
-    return DeploymentCalibration(result, "templates" if templates else "deployment gallery", applied)
+                       None if in_force is None else in_force.value, size_source)
+    card = deployment_card(result, tail, dim, described, gen)
+    applied = apply_calibration(home, user, result, tail, card) if apply else None
+    return DeploymentCalibration(result, "templates" if templates else "deployment gallery", applied,
+                                 in_force, in_force_error)
+
+
+def _current(model_id: str, gallery_size: int, settings: Settings, home: Path) -> tuple[ThresholdInForce | None, str | None]:
+    """The threshold in force before this calibration (None, with the reason, when there is none)."""
+    try:
+        return threshold_in_force(model_id, gallery_size, settings, home if has_database(home) else None), None
+    except NoOperatingPoint as exc:
+        return None, str(exc)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -202,7 +202,8 @@ def _isolate(items: Sequence[PhotoInput], pending: list[int], settings: FaceSett
                         f"face worker processes died on {deaths_in_a_row} photos in a row; "
                         "the workers cannot run here (try face.workers = 1 to see the error)"
                     ) from None
-                yield i, Prepared(source_name(items[i]), reasons.PROCESSING_ERROR, "the worker process died on this photo", None, 0.0, None, None)
+                died = "the worker process died on this photo"
+                yield i, Prepared(source_name(items[i]), reasons.PROCESSING_ERROR, died, None, 0.0, None, None)
                 pool.shutdown(wait=True)
                 pool = _pool(settings, 1)
     finally:
@@ -265,8 +266,9 @@ def embed_photos(
 
     results: list[PhotoResult] = []
     rows: list[np.ndarray] = []
-    for i, prep in enumerate(prepared):
-        assert prep is not None
+    for i, done_prep in enumerate(prepared):
+        assert done_prep is not None
+        prep = done_prep
         if prep.reason is None:
             results.append(PhotoResult(prep.source, None, "", prep.quality, len(rows), prep.report))
             rows.append(raw[i])

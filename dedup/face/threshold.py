@@ -27,3 +27,13 @@ def cosine_for_distance(distance: float, norm: float = DLIB_TYPICAL_NORM) -> flo
 
 
 DEFAULT_COSINE_THRESHOLD = round(cosine_for_distance(DLIB_DISTANCE_THRESHOLD), 4)  # 0.9082
+
+# SFace's documented operating point: OpenCV Zoo's face_recognition_sface (sface.py,
+# ``_threshold_cosine = 0.363``; its norm-L2 equivalent is 1.128), an LFW verification point.
+# Like dlib's, it is not a large-gallery threshold; issue 13's model cards carry the measured one.
+SFACE_COSINE_THRESHOLD = 0.363
+
+
+def documented_cosine_threshold(model: str) -> float | None:
+    """The published verification threshold of a built-in model (``face.model``), else None."""
+    return {"dlib": DEFAULT_COSINE_THRESHOLD, "sface": SFACE_COSINE_THRESHOLD}.get(model)

@@ -13,11 +13,13 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dedup.errors import GalleryError, InvalidParameter
 from dedup.fsutil import atomic_path, atomic_write_text
+from dedup.index.bounds import SearchBounds, measure_bounds
 
 CODEC_FORMAT = 1
 
@@ -91,13 +93,14 @@ def fit_nlist(spec_nlist: int, n_templates: int, n_train: int) -> int:
 class Codec:
     """A trained, empty IVF-PQ index plus its spec and a content version."""
 
-    def __init__(self, spec: CodecSpec, index: "object", version: str) -> None:
+    def __init__(self, spec: CodecSpec, index: Any, version: str, bounds: SearchBounds | None = None) -> None:
         self.spec = spec
         self._index = index
         self.version = version
+        self.bounds = bounds  # measured at train time (dedup.index.bounds); None for older codecs
 
     @staticmethod
-    def train(sample: np.ndarray, spec: CodecSpec, seed: int = 1234) -> "Codec":
+    def train(sample: np.ndarray, spec: CodecSpec, seed: int = 1234) -> Codec:
         """Train coarse centroids and PQ codebooks on ``sample`` (unit vectors, float32)."""
         import faiss
 
@@ -118,9 +121,14 @@ class Codec:
         index.cp.seed = seed
         index.cp.max_points_per_centroid = 256  # bounds k-means time; FAISS subsamples beyond
         index.train(sample)
-        return Codec(spec, index, _version_of(index, spec))
+        return Codec(spec, index, _version_of(index, spec), measure_bounds(index, sample, seed))
 
-    def empty_index(self) -> "object":
+    @property
+    def trained(self) -> Any:
+        """The trained, empty index itself, for read-only use (its coarse centroids)."""
+        return self._index
+
+    def empty_index(self) -> Any:
         """A fresh copy of the trained, empty index (one per shard)."""
         import faiss
 
@@ -135,10 +143,12 @@ class Codec:
         with atomic_path(path) as tmp:
             faiss.write_index(self._index, str(tmp))
         meta = {"format": CODEC_FORMAT, "version": self.version, **asdict(self.spec)}
+        if self.bounds is not None:
+            meta["search_bounds"] = self.bounds.to_dict()
         atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=2))
 
     @staticmethod
-    def load(path: Path) -> "Codec":
+    def load(path: Path) -> Codec:
         """Read a codec written by ``save``; the version is checked against the content."""
         import faiss
 
@@ -154,10 +164,10 @@ class Codec:
         version = _version_of(index, spec)
         if version != meta["version"]:
             raise GalleryError(f"{path}: codec content does not match its recorded version (corrupt file?)")
-        return Codec(spec, index, version)
+        return Codec(spec, index, version, SearchBounds.from_dict(meta.get("search_bounds"), str(path)))
 
 
-def _version_of(index: "object", spec: CodecSpec) -> str:
+def _version_of(index: Any, spec: CodecSpec) -> str:
     import faiss
 
     blob = faiss.serialize_index(index)

@@ -26,8 +26,9 @@ Gallery vectors are expected L2-normalised (as every template is); probes are ch
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class ExactConfig:
         if self.compute_dtype not in ("auto", "float16", "float32"):
             raise InvalidParameter(f"compute dtype must be auto, float16 or float32, got {self.compute_dtype!r}")
 
-    def resolved(self, device: "object") -> "ExactConfig":
+    def resolved(self, device: Any) -> ExactConfig:
         """Defaults filled in for a torch device."""
         cuda = getattr(device, "type", str(device)) == "cuda"
         return ExactConfig(
@@ -82,7 +83,7 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def resolve_device(device: str) -> "object":
+def resolve_device(device: str) -> Any:
     """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu`` or ``cuda`` -> ``torch.device``.
 
     Asking for ``cuda`` where torch sees no GPU raises ``InsufficientResources`` with the
@@ -119,7 +120,7 @@ def device_memory_needed(n_rows: int, dim: int, storage_dtype: str, config: Exac
     return int(held + working)
 
 
-def check_fits(n_rows: int, dim: int, storage_dtype: str, device: "object", config: ExactConfig,
+def check_fits(n_rows: int, dim: int, storage_dtype: str, device: Any, config: ExactConfig,
                resident: bool = True) -> None:
     """Raise ``InsufficientResources`` when an exact search will not fit in the GPU's free memory.
 
@@ -197,8 +198,8 @@ class ExactIndex:
         check_fits(self.n, self.dim, self.storage_dtype, self.device, self.config, self.resident)
         self._compute = getattr(torch, self.config.compute_dtype)
         self.margin = MARGIN[self.config.compute_dtype]
-        self._host_vectors = vectors
-        self._host_rows = row_ids
+        self._host_vectors: Any = vectors
+        self._host_rows: Any = row_ids
         live = np.ones(self.n, dtype=bool)
         if removed is not None and len(removed):
             live[np.asarray(removed, dtype=np.int64)] = False
@@ -214,7 +215,7 @@ class ExactIndex:
             self._live = None if self._host_live is None else _tensor(self._host_live).to(self.device)
 
     @classmethod
-    def from_tensors(cls, vectors: "object", row_ids: "object", config: ExactConfig | None = None) -> "ExactIndex":
+    def from_tensors(cls, vectors: Any, row_ids: Any, config: ExactConfig | None = None) -> ExactIndex:
         """An index over torch tensors already on their device (float16/float32 vectors, int64
         row ids), used as they are: no host copy (e.g. a gallery generated on the GPU)."""
         import torch
@@ -237,7 +238,7 @@ class ExactIndex:
         self._vectors, self._rows, self._live = vectors, row_ids, None
         return self
 
-    def _chunks(self) -> Iterator[tuple["object", "object", "object"]]:
+    def _chunks(self) -> Iterator[tuple[Any, Any, Any]]:
         """(vectors in the storage dtype, row ids, live mask or None) per chunk, on the device."""
 
         step = self.config.chunk_rows
@@ -296,7 +297,7 @@ def exact_search(vectors: np.ndarray, row_ids: np.ndarray, probes: np.ndarray, t
     return index.search(probes, threshold, max_candidates)
 
 
-def _tensor(array: np.ndarray) -> "object":
+def _tensor(array: np.ndarray) -> Any:
     """A CPU tensor over ``array`` (copied when read-only, e.g. a memory map, or strided)."""
     import torch
 
@@ -305,7 +306,7 @@ def _tensor(array: np.ndarray) -> "object":
     return torch.from_numpy(array)
 
 
-def _row_counts(mask: "object") -> "object":
+def _row_counts(mask: Any) -> Any:
     """True values per row of a 2-d bool tensor (numpy's count is much faster on the CPU)."""
     import torch
 
@@ -314,7 +315,7 @@ def _row_counts(mask: "object") -> "object":
     return torch.count_nonzero(mask, dim=1)
 
 
-def _nonzero_2d(mask: "object") -> tuple["object", "object"]:
+def _nonzero_2d(mask: Any) -> tuple[Any, Any]:
     """(row, column) indices of the True values of a 2-d bool tensor, row-major."""
     import torch
 
@@ -330,7 +331,7 @@ class _BlockState:
     """Running results of one probe block: at most ``k`` (probe, row, score) triples per probe
     (score descending, row ascending) and how many rows reached the threshold in all."""
 
-    def __init__(self, p32: "object", pc: "object", k: int) -> None:
+    def __init__(self, p32: Any, pc: Any, k: int) -> None:
         import torch
 
         self.p32, self.pc, self.k = p32, pc, k
@@ -341,7 +342,7 @@ class _BlockState:
         self.rows = torch.zeros(0, dtype=torch.int64, device=dev)
         self.scores = torch.zeros(0, dtype=torch.float32, device=dev)
 
-    def scan(self, vec_c: "object", vec: "object", rows: "object", live: "object", threshold: float,
+    def scan(self, vec_c: Any, vec: Any, rows: Any, live: Any, threshold: float,
              margin: float) -> None:
         """Fold one gallery chunk into the running results."""
         import torch
@@ -385,7 +386,7 @@ class _BlockState:
                 self._add(gp[keep], rows.index_select(0, ci[keep]), exact[keep])
             start = stop
 
-    def _add(self, probe: "object", rows: "object", scores: "object") -> None:
+    def _add(self, probe: Any, rows: Any, scores: Any) -> None:
         import torch
 
         if probe.numel() == 0:
@@ -428,7 +429,7 @@ def faiss_gpu_count() -> int:
     return int(getter())
 
 
-def faiss_index_to_gpu(index: "object", device: str = "auto", gpu: int = 0) -> tuple["object", str]:
+def faiss_index_to_gpu(index: Any, device: str = "auto", gpu: int = 0) -> tuple[Any, str]:
     """Move a FAISS CPU index to a GPU when one can be used; returns ``(index, "cuda"|"cpu")``.
 
     ``auto`` keeps the CPU index when faiss has no GPU support or sees no GPU; ``cuda``

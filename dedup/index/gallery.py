@@ -12,18 +12,28 @@ A writer builds new shards, writes a new manifest, then replaces ``CURRENT`` wit
 ``os.replace``: a reader sees the old generation or the new one, never a mix, and a crash
 at any point leaves the previous generation intact. Old generations (``keep_generations``)
 and the shards they use are kept for readers still on them, then garbage-collected.
+
+Integrity: every manifest is sealed (a checksum of its own content) and records its gallery
+id, its live row count and the SHA-256 of each shard's ``meta.json``, which in turn records
+the hash of every shard file (``integrity.py``, ``shard.py``). A gallery is never created
+over existing generations, shards or codecs, and a missing ``CURRENT`` beside them is
+damage, not an empty gallery. A ``recorder`` (``dedup.index.deployed``: the deployment's
+database record) is told before and after each switch and checks each opened generation.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import re
 import shutil
 import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,13 +42,16 @@ from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
 from dedup.faults import crash_point
 from dedup.fsutil import atomic_write_text
 from dedup.index.codec import Codec, CodecSpec, choose_pq_m, fit_nlist
-from dedup.index.memory import check_fits, gallery_budget
+from dedup.index.integrity import bytes_digest, disk_errors, seal, unseal
+from dedup.index.memory import Budget, check_fits, write_budget
 from dedup.index.params import SearchParams
 from dedup.index.probes import check_probes
 from dedup.index.results import Candidates, concat, merge
-from dedup.index.shard import Shard, ShardWriter
+from dedup.index.shard import Shard, ShardMeta, ShardWriter
 
-GALLERY_FORMAT = 1
+_INTACT = "The previous generation is intact and searchable."
+GALLERY_FORMAT = 2  # 2: sealed manifests with gallery id, row count and shard meta hashes
+_GENERATION_NAME = re.compile(r"^\d{8}\.json$")
 
 
 @dataclass(frozen=True)
@@ -52,66 +65,150 @@ class Manifest:
     codec_version: str | None
     next_row_id: int
     shards: tuple[str, ...]
+    gallery_id: str = ""
+    rows: int = 0  # live rows of all shards
+    shard_meta: dict[str, str] = field(default_factory=dict)  # shard name -> SHA-256 of its meta.json
     created_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "shards": list(self.shards)}, indent=2)
+        """Sealed JSON text (the generation file, and the database's copy of it)."""
+        return seal({**asdict(self), "shards": list(self.shards)})
+
+    @property
+    def checksum(self) -> str:
+        """The checksum its sealed JSON carries."""
+        return str(json.loads(self.to_json())["checksum"])
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.generation:08d}.json"
 
     @staticmethod
-    def from_json(text: str, where: str) -> "Manifest":
+    def from_json(text: str | bytes, where: str) -> Manifest:
+        """Parse and check a sealed manifest (``GalleryError`` when unreadable or changed)."""
+        data = unseal(text, f"{where}: gallery manifest")
+        if data.get("format") != GALLERY_FORMAT:
+            raise GalleryError(f"{where}: gallery format {data.get('format')} not supported (expected {GALLERY_FORMAT})")
         try:
-            data = json.loads(text)
             data["shards"] = tuple(data["shards"])
             return Manifest(**data)
         except (TypeError, ValueError, KeyError) as exc:
             raise GalleryError(f"{where}: unreadable gallery manifest ({exc})") from None
 
 
+class GalleryRecorder(Protocol):
+    """Keeps an outside record of the gallery (the deployment's database) in step with it."""
+
+    def check(self, manifest: Manifest, root: Path) -> None:
+        """Raise ``GalleryError`` unless ``manifest`` (just opened) is the generation on record."""
+
+    def prepare(self, manifest: Manifest) -> None:
+        """Before ``CURRENT`` is switched to ``manifest``: record it as the expected next generation."""
+
+    def commit(self, manifest: Manifest) -> None:
+        """After the switch: record ``manifest`` as the current generation."""
+
+
+def existing_content(root: Path, own_gallery_id: str | None = None) -> list[str]:
+    """What of a gallery is in ``root`` (CURRENT, generations, shards, codecs), in words; empty
+    when nothing is. A generation 0 of ``own_gallery_id`` (an interrupted create) does not count."""
+    root = Path(root)
+    found = []
+    if (root / "CURRENT").exists():
+        found.append("CURRENT")
+    gens = sorted(p for p in (root / "generations").glob("*.json")) if (root / "generations").is_dir() else []
+    if own_gallery_id is not None and [p.name for p in gens] == ["00000000.json"]:
+        try:
+            if Manifest.from_json(gens[0].read_bytes(), str(gens[0])).gallery_id == own_gallery_id:
+                gens = []
+        except GalleryError:
+            pass
+    if gens:
+        found.append(f"{len(gens)} generation file(s)")
+    shards = [p for p in (root / "shards").iterdir() if not p.name.startswith(".tmp-")] if (root / "shards").is_dir() else []
+    if shards:
+        found.append(f"{len(shards)} shard folder(s)")
+    codecs = list((root / "codec").glob("*.faiss")) if (root / "codec").is_dir() else []
+    if codecs:
+        found.append(f"{len(codecs)} codec(s)")
+    return found
+
+
+def read_current(root: Path) -> Manifest:
+    """The manifest ``CURRENT`` names, checked (``GalleryError`` naming what is wrong)."""
+    root = Path(root)
+    current = root / "CURRENT"
+    if not current.exists():
+        found = existing_content(root)
+        if found:
+            raise GalleryError(f"{root}: CURRENT is missing, but the folder holds {', '.join(found)}: "
+                               "the gallery is damaged, not absent")
+        raise GalleryError(f"no gallery at {root} (create one first)")
+    name = current.read_text(errors="replace").strip()
+    if not _GENERATION_NAME.match(name):
+        raise GalleryError(f"{root}: CURRENT is unreadable (it should name a generation file, e.g. 00000001.json)")
+    path = root / "generations" / name
+    if not path.exists():
+        raise GalleryError(f"{root}: CURRENT names {name}, which is missing")
+    manifest = Manifest.from_json(path.read_bytes(), str(path))
+    if manifest.file_name != name:
+        raise GalleryError(f"{path}: holds generation {manifest.generation}, not the one its name says")
+    return manifest
+
+
 class Gallery:
     """A gallery opened at one generation (readers) or for writing (``writer``)."""
 
-    def __init__(self, root: Path, manifest: Manifest, settings: IndexSettings, mmap: bool = True) -> None:
+    def __init__(self, root: Path, manifest: Manifest, settings: IndexSettings, mmap: bool = True,
+                 recorder: GalleryRecorder | None = None, verify: bool = True) -> None:
         self.root = Path(root)
         self.manifest = manifest
         self.settings = settings
+        self.recorder = recorder
         self._mmap = mmap
+        self._verify = verify
         self._shards: dict[str, Shard] = {}
         self._codec: Codec | None = None
-        self._id_map: tuple[np.ndarray, object] | None = None
+        self._id_map: tuple[np.ndarray, Any] | None = None
 
     # ------------------------------------------------------------------ opening
 
     @staticmethod
-    def create(root: Path, model_id: str, dim: int, settings: IndexSettings | None = None) -> "Gallery":
-        """Create an empty gallery for one face model. Fails if one exists already."""
+    def create(root: Path, model_id: str, dim: int, settings: IndexSettings | None = None,
+               recorder: GalleryRecorder | None = None, gallery_id: str | None = None) -> Gallery:
+        """Create an empty gallery for one face model.
+
+        Refused when anything of a gallery is in ``root`` already (``CURRENT``, generation
+        files, shards, codecs): a gallery whose ``CURRENT`` is lost is damaged, not absent,
+        and creating over it would hide every enrolment in it.
+        """
         root = Path(root)
-        if (root / "CURRENT").exists():
-            raise GalleryError(f"a gallery already exists at {root}")
+        found = existing_content(root, own_gallery_id=gallery_id)
+        if found:
+            raise GalleryError(f"a gallery already exists at {root} ({', '.join(found)}); a new one is never created over it. "
+                               "Check it with `dedup gallery verify`")
         if dim < 2:
             raise InvalidParameter(f"dim must be >= 2, got {dim}")
-        for sub in ("codec", "shards", "generations"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        manifest = Manifest(GALLERY_FORMAT, 0, model_id, dim, None, 0, ())
-        gallery = Gallery(root, manifest, settings or IndexSettings())
-        with gallery._locked():
-            gallery._switch(manifest)
+        with disk_errors(root, "a new gallery"):
+            for sub in ("codec", "shards", "generations"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            manifest = Manifest(GALLERY_FORMAT, 0, model_id, dim, None, 0, (), gallery_id=gallery_id or uuid.uuid4().hex)
+            gallery = Gallery(root, manifest, settings or IndexSettings(), recorder=recorder)
+            with gallery._locked():
+                gallery._switch(manifest)
         return gallery
 
     @staticmethod
-    def open(root: Path, settings: IndexSettings | None = None, mmap: bool = True) -> "Gallery":
-        """Open the current generation for reading."""
-        root = Path(root)
-        current = root / "CURRENT"
-        if not current.exists():
-            raise GalleryError(f"no gallery at {root} (create one first)")
-        name = current.read_text().strip()
-        path = root / "generations" / name
-        if not path.exists():
-            raise GalleryError(f"{root}: CURRENT names {name}, which is missing")
-        manifest = Manifest.from_json(path.read_text(), str(path))
-        if manifest.format != GALLERY_FORMAT:
-            raise GalleryError(f"{root}: gallery format {manifest.format} not supported")
-        return Gallery(root, manifest, settings or IndexSettings(), mmap=mmap)
+    def open(root: Path, settings: IndexSettings | None = None, mmap: bool = True,
+             recorder: GalleryRecorder | None = None, verify: bool = True) -> Gallery:
+        """Open the current generation for reading (its manifest checked; shards on first use).
+
+        ``verify=False`` skips the files' hashes (not the manifest's): only for measuring them.
+        """
+        gallery = Gallery(root, read_current(root), settings or IndexSettings(), mmap=mmap, recorder=recorder, verify=verify)
+        if recorder is not None:
+            recorder.check(gallery.manifest, gallery.root)
+        return gallery
 
     # ------------------------------------------------------------------ facts
 
@@ -138,11 +235,18 @@ class Gallery:
         return [self.root / "shards" / name for name in self.manifest.shards]
 
     def shards(self) -> list[Shard]:
-        """The current generation's shards, loaded once."""
+        """The current generation's shards, loaded (and their files checked) once."""
         for name in self.manifest.shards:
             if name not in self._shards:
-                self._shards[name] = Shard.load(self.root / "shards" / name, mmap=self._mmap)
+                self._shards[name] = self._load_shard(name)
         return [self._shards[name] for name in self.manifest.shards]
+
+    def _load_shard(self, name: str) -> Shard:
+        expected = self.manifest.shard_meta.get(name)
+        if expected is None and self._verify:
+            raise GalleryError(f"{self.root}: generation {self.generation} records no checksum for shard {name}")
+        return Shard.load(self.root / "shards" / name, mmap=self._mmap, meta_sha256=expected,
+                          verify_on_open_bytes=self.settings.verify_on_open_bytes, verify=self._verify)
 
     def __len__(self) -> int:
         return sum(s.ntotal for s in self.shards())
@@ -155,6 +259,7 @@ class Gallery:
         live = sum(s.ntotal for s in shards)
         return {
             "generation": self.generation,
+            "gallery_id": self.manifest.gallery_id,
             "model_id": self.model_id,
             "dim": self.dim,
             "codec_version": self.manifest.codec_version,
@@ -166,25 +271,42 @@ class Gallery:
             "disk_bytes": disk,
             "index_bytes_per_template": index_bytes / live if live else 0.0,
             "disk_bytes_per_template": disk / live if live else 0.0,
+            "vectors_verified": sum(1 for s in shards if s.vectors_verified),
         }
 
     # ------------------------------------------------------------------ searching
 
     def search(self, probes: np.ndarray, params: SearchParams, block: int = 4096,
-               progress: "object | None" = None) -> Candidates:
+               progress: Callable[[int], object] | None = None) -> Candidates:
         """Threshold search of every shard, merged. ``progress(n_done)`` is called per block."""
+        from dedup.index.coarse import nearest_lists
+        from dedup.index.search import even_blocks
+
         probes = check_probes(probes, self.dim)
         shards = self.shards()
+        params = self.with_bounds(params)
+        codec = self.codec
+        # All shards share the gallery's codec: one coarse step per block serves them all.
+        shared = codec is not None and params.bounds is not None and \
+            all(s.meta.codec_version == codec.version for s in shards)
         results = []
-        for lo in range(0, probes.shape[0], block):
-            part = probes[lo:lo + block]
+        for lo, hi in even_blocks(probes.shape[0], block):
+            part = probes[lo:hi]
             if shards:
-                results.append(merge([s.search(part, params) for s in shards], params.max_candidates))
+                coarse = nearest_lists(codec.trained, part, params.nprobe) if shared and codec else None
+                results.append(merge([s.search(part, params, coarse=coarse) for s in shards], params.max_candidates))
             else:
                 results.append(Candidates.empty(part.shape[0]))
             if progress is not None:
                 progress(part.shape[0])
         return concat(results) if results else Candidates.empty(0)
+
+    def with_bounds(self, params: SearchParams) -> SearchParams:
+        """``params`` carrying the codec's measured search bounds (unless they carry their own)."""
+        codec = self.codec
+        if params.bounds is None and codec is not None and codec.bounds is not None:
+            return replace(params, bounds=codec.bounds)
+        return params
 
     def enrolment_ids(self, row_ids: np.ndarray) -> list[str]:
         """Enrolment id of each gallery row id (``GalleryError`` for an unknown row)."""
@@ -195,7 +317,7 @@ class Gallery:
             if sorted_rows.size else np.zeros(row_ids.shape, dtype=bool)
         if not ok.all():
             raise GalleryError(f"unknown gallery row id {int(row_ids[~ok][0])}")
-        return enrolments.take(pos).to_pylist()  # type: ignore[attr-defined]
+        return enrolments.take(pos).to_pylist()
 
     def find_enrolments(self, enrolment_ids: Sequence[str]) -> dict[str, int]:
         """Enrolment ids already in the (live) gallery, with their row ids."""
@@ -213,6 +335,7 @@ class Gallery:
         out = np.zeros((row_ids.size, self.dim), dtype=np.float32)
         done = np.zeros(row_ids.size, dtype=bool)
         for shard in self.shards():
+            shard.ensure_verified()
             sorter = np.argsort(shard.row_ids, kind="stable")
             pos = np.searchsorted(shard.row_ids, row_ids, sorter=sorter)
             pos = np.minimum(pos, shard.row_ids.size - 1)
@@ -226,7 +349,7 @@ class Gallery:
             raise GalleryError(f"unknown gallery row id {int(row_ids[~done][0])}")
         return out
 
-    def _load_id_map(self) -> tuple[np.ndarray, object]:
+    def _load_id_map(self) -> tuple[np.ndarray, Any]:
         import pyarrow as pa
 
         if self._id_map is None:
@@ -256,22 +379,45 @@ class Gallery:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _refresh(self) -> None:
-        """Re-read CURRENT (a writer must build on the newest generation)."""
-        fresh = Gallery.open(self.root, self.settings, self._mmap)
+        """Re-read CURRENT (a writer must build on the newest generation, the one on record)."""
+        fresh = Gallery.open(self.root, self.settings, self._mmap, recorder=self.recorder, verify=self._verify)
+        if fresh.manifest.gallery_id != self.manifest.gallery_id:
+            raise GalleryError(f"{self.root}: the gallery was replaced by another one (id {fresh.manifest.gallery_id}) "
+                               f"while this process had {self.manifest.gallery_id} open")
         if fresh.manifest.generation != self.manifest.generation:
             self.manifest = fresh.manifest
             self._id_map = None
             self._codec = None
 
+    def _sealed(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with this gallery's id, its row count and its shards' meta hashes."""
+        metas: dict[str, str] = {}
+        rows = 0
+        for name in manifest.shards:
+            meta_bytes = (self.root / "shards" / name / "meta.json").read_bytes()
+            metas[name] = bytes_digest(meta_bytes)
+            rows += ShardMeta.from_json(meta_bytes, self.root / "shards" / name).live
+        return replace(manifest, gallery_id=self.manifest.gallery_id or manifest.gallery_id, rows=rows, shard_meta=metas)
+
     def _switch(self, manifest: Manifest) -> None:
-        """Write ``manifest`` as a new generation and make it current (atomically)."""
+        """Write ``manifest`` as a new generation and make it current (atomically).
+
+        With a recorder, two phases around the file switch: ``prepare`` (the database
+        expects this generation next) before it, ``commit`` (it is current) after. A crash
+        between them leaves files and record in a state ``check`` recognises and completes.
+        """
+        manifest = self._sealed(manifest)
+        if self.recorder is not None:
+            self.recorder.prepare(manifest)
+        crash_point("gallery.prepared")
         gen_dir = self.root / "generations"
         gen_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{manifest.generation:08d}.json"
-        atomic_write_text(gen_dir / name, manifest.to_json())
+        atomic_write_text(gen_dir / manifest.file_name, manifest.to_json())
         crash_point("gallery.manifest_written")
-        atomic_write_text(self.root / "CURRENT", name)
+        atomic_write_text(self.root / "CURRENT", manifest.file_name)
         crash_point("gallery.switched")
+        if self.recorder is not None:
+            self.recorder.commit(manifest)
         self.manifest = manifest
         self._id_map = None
         # Shards merged or rewritten away are no longer searched: drop them from the cache.
@@ -282,12 +428,18 @@ class Gallery:
         """Delete generations beyond ``keep_generations`` old ones, unreferenced shards, temp dirs."""
         gen_dir = self.root / "generations"
         gens = sorted(p for p in gen_dir.glob("*.json"))
-        keep = gens[-(self.settings.keep_generations + 1):]
-        for old in gens[: len(gens) - len(keep)]:
+        # Generations after the current one were written but never switched to (a crash, or
+        # an older generation made current again by a repair): kept, with their shards.
+        upto = [g for g in gens if g.name <= self.manifest.file_name]
+        keep = upto[-(self.settings.keep_generations + 1):] + [g for g in gens if g.name > self.manifest.file_name]
+        for old in upto[: max(0, len(upto) - (self.settings.keep_generations + 1))]:
             old.unlink(missing_ok=True)
         referenced: set[str] = set()
         for g in keep:
-            referenced.update(Manifest.from_json(g.read_text(), str(g)).shards)
+            try:
+                referenced.update(Manifest.from_json(g.read_bytes(), str(g)).shards)
+            except GalleryError:
+                return  # a damaged generation: which shards it needs is unknown, so none is deleted
         shard_dir = self.root / "shards"
         for p in shard_dir.iterdir() if shard_dir.exists() else []:
             if p.name.startswith(".tmp-") or p.name not in referenced:
@@ -298,7 +450,7 @@ class Gallery:
     def train(self, sample: np.ndarray, seed: int = 1234, expected_size: int | None = None) -> Codec:
         """Train the codec on a sample of templates (only while the gallery is empty)."""
         sample = check_probes(sample, self.dim)
-        with self._locked():
+        with disk_errors(self.root, "the gallery's codec", intact=_INTACT), self._locked():
             self._refresh()
             if self.manifest.shards:
                 raise GalleryError("the gallery already has shards; retrain with `dedup gallery compact --retrain`")
@@ -316,7 +468,7 @@ class Gallery:
         """Adopt an already trained codec (so shards of several galleries or machines match)."""
         if codec.spec.dim != self.dim:
             raise InvalidParameter(f"codec is {codec.spec.dim}-d, gallery is {self.dim}-d")
-        with self._locked():
+        with disk_errors(self.root, "the gallery's codec", intact=_INTACT), self._locked():
             self._refresh()
             if self.manifest.shards:
                 raise GalleryError("the gallery already has shards; a new codec needs a rebuild")
@@ -326,35 +478,49 @@ class Gallery:
                                   codec.version, self.manifest.next_row_id, self.manifest.shards))
 
     @contextmanager
-    def writer(self, model_id: str | None = None, expected_rows: int | None = None) -> Iterator["GalleryWriter"]:
+    def writer(self, model_id: str | None = None, expected_rows: int | None = None) -> Iterator[GalleryWriter]:
         """Add many rows in one new generation: ``with g.writer() as w: w.add(...)``.
 
         Nothing is visible to readers until the block exits without error; on error the
         partial shards are dropped and the gallery is unchanged. With ``expected_rows``, the
-        memory and disk they need are checked first (``InsufficientResources``).
+        memory and disk the write creates (new shard files, a merge of small shards it
+        triggers) are checked first (``InsufficientResources``). A disk that fills up or fails
+        during the write is a ``DiskError``; the previous generation stays current.
         """
         if model_id is not None and model_id != self.model_id:
             raise ModelMismatch(
                 f"templates of model {model_id!r} cannot enter a gallery of model {self.model_id!r}")
-        with self._locked():
+        with disk_errors(self.root, "new gallery shards", intact=_INTACT), self._locked():
             self._refresh()
             codec = self.codec
             if codec is None:
                 raise GalleryError("the gallery has no trained codec yet (train it on a sample first)")
             if expected_rows:
-                check_fits(gallery_budget(expected_rows, self.dim, codec.spec.code_bytes, codec.spec.nlist,
-                                          self.settings.exact_dtype, 0, self.settings.shard_capacity), self.root)
+                check_fits(self.write_budget(expected_rows), self.root)
             writer = GalleryWriter(self)
             try:
                 yield writer
+                shards = writer.finish()  # a full disk here too leaves no partial shard behind
+                names = self._merge_small(list(self.manifest.shards) + shards)
             except BaseException:
                 writer.abort()
                 raise
-            shards = writer.finish()
-            names = self._merge_small(list(self.manifest.shards) + shards)
             crash_point("gallery.shards_written")
             self._switch(Manifest(GALLERY_FORMAT, self.manifest.generation + 1, self.model_id, self.dim,
                                   self.manifest.codec_version, writer.next_row_id, tuple(names)))
+
+    def write_budget(self, n_new: int) -> Budget:
+        """What adding ``n_new`` rows creates on disk and in RAM, a merge it triggers included."""
+        codec = self.codec
+        if codec is None:
+            raise GalleryError("the gallery has no trained codec yet (train it on a sample first)")
+        small_limit = max(1, self.settings.shard_capacity // 8)
+        small = [s for s in self.shards() if s.meta.count < small_limit]
+        merging = n_new < small_limit and len(small) + 1 > self.settings.small_shard_limit
+        merge_rows = sum(s.meta.live for s in small) + n_new if merging else 0
+        merge_bytes = sum(f.stat().st_size for s in small for f in s.path.iterdir()) if merging else 0
+        return write_budget(n_new, self.dim, codec.spec.code_bytes, codec.spec.nlist, self.settings.exact_dtype,
+                            merge_rows, merge_bytes)
 
     def _merge_small(self, names: list[str]) -> list[str]:
         """Merge small shards (each write adds one) into one, so searches don't visit hundreds.
@@ -362,7 +528,7 @@ class Gallery:
         Runs under the writer's lock; the merged shard enters the same new generation.
         """
         small_limit = max(1, self.settings.shard_capacity // 8)
-        loaded = {n: self._shards.get(n) or Shard.load(self.root / "shards" / n, mmap=self._mmap) for n in names}
+        loaded = {n: self._shards.get(n) or self._load_new_shard(n) for n in names}
         small = [n for n in names if loaded[n].meta.count < small_limit]
         if len(small) <= self.settings.small_shard_limit:
             return names
@@ -376,6 +542,11 @@ class Gallery:
             raise
         return [n for n in names if n not in set(small)] + merged
 
+    def _load_new_shard(self, name: str) -> Shard:
+        """A shard this write just made (not in any manifest yet: its meta.json checks itself)."""
+        return Shard.load(self.root / "shards" / name, mmap=self._mmap,
+                          verify_on_open_bytes=self.settings.verify_on_open_bytes, verify=self._verify)
+
     def add(self, vectors: np.ndarray, enrolment_ids: Sequence[str], model_id: str | None = None) -> np.ndarray:
         """Add templates; returns their gallery row ids.
 
@@ -388,7 +559,7 @@ class Gallery:
     def remove(self, row_ids: np.ndarray) -> int:
         """Remove rows from search (new shard versions, one new generation). Returns rows removed."""
         row_ids = np.unique(np.asarray(row_ids, dtype=np.int64))
-        with self._locked():
+        with disk_errors(self.root, "new shard versions", intact=_INTACT), self._locked():
             self._refresh()
             names = list(self.manifest.shards)
             removed = 0
@@ -410,7 +581,7 @@ class Gallery:
         gallery whose codec was trained on a bootstrap sample, or that has grown a lot), and
         writes every shard with it. Readers keep the old generation until the switch.
         """
-        with self._locked():
+        with disk_errors(self.root, "compacted shards", intact=_INTACT), self._locked():
             self._refresh()
             old = self.shards()
             before = len(old)
@@ -433,7 +604,16 @@ class Gallery:
                                   self.manifest.codec_version, self.manifest.next_row_id, tuple(shards)))
             return {"shards_before": before, "shards_after": len(shards), "codec_version": self.manifest.codec_version}
 
+    def replace_shards(self, replacements: dict[str, str]) -> None:
+        """A new generation with shards swapped for equivalent ones (repaired: same rows)."""
+        with disk_errors(self.root, "a repaired generation", intact=_INTACT), self._locked():
+            self._refresh()
+            names = tuple(replacements.get(n, n) for n in self.manifest.shards)
+            self._switch(replace(self.manifest, generation=self.manifest.generation + 1, shards=names))
+
     def _train_on_live(self, shards: list[Shard], seed: int) -> Codec:
+        for s in shards:
+            s.ensure_verified()
         live = [s.live_positions() for s in shards]
         total = sum(p.size for p in live)
         want = min(self.settings.train_size, total)
@@ -509,6 +689,7 @@ class GalleryWriter:
 
     def copy_live_rows(self, shard: Shard, block: int = 65_536) -> None:
         """Re-add a shard's live rows (same row and enrolment ids) into new shards."""
+        shard.ensure_verified()  # never copy damaged vectors under a fresh hash
         enrol = shard.enrolment_table()["enrolment_id"]
         live = shard.live_positions()
         for lo in range(0, live.size, block):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dedup.config import SearchSettings
 from dedup.errors import InvalidParameter
+from dedup.index.bounds import SearchBounds
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,12 @@ class SearchParams:
     still within ``deepen_margin`` of the threshold, more rows may be above it, so the probe
     is searched again four times deeper, up to ``max_depth``. At most ``max_candidates``
     rows (the highest) are kept; a probe that hits either limit is marked ``capped``.
+
+    With ``early_exit`` and the codec's measured ``bounds`` (``dedup.index.bounds``), each
+    probe visits only those of its ``nprobe`` nearest lists that can hold a row above the
+    threshold, and only rows whose PQ estimate could reach it are re-ranked
+    (``dedup.index.search``). Without bounds (an older codec, or a threshold below their
+    grid) the search is the fixed one above.
     """
 
     threshold: float
@@ -26,6 +33,8 @@ class SearchParams:
     max_depth: int = 4096
     max_candidates: int = 100
     deepen_margin: float = 0.0
+    early_exit: bool = True
+    bounds: SearchBounds | None = None
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -42,7 +51,7 @@ class SearchParams:
             raise InvalidParameter(f"deepen_margin must be >= 0, got {self.deepen_margin}")
 
     @staticmethod
-    def from_settings(settings: SearchSettings, threshold: float | None = None) -> "SearchParams":
+    def from_settings(settings: SearchSettings, threshold: float | None = None) -> SearchParams:
         """Parameters from the deployment's ``[search]`` settings (threshold overridable)."""
         return SearchParams(
             threshold=settings.threshold if threshold is None else threshold,

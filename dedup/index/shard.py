@@ -9,21 +9,29 @@ On disk a shard is a directory that never changes once written:
 - ``row_ids.npy``: the gallery row id of every position;
 - ``rows.parquet``: row id -> enrolment id (``schemas.GALLERY_ROWS_SCHEMA``);
 - ``removed.npy``: positions removed from the index (their vectors stay until compaction);
-- ``meta.json``: counts, dtype, codec version, model id, format.
+- ``meta.json``: counts, dtype, codec version, model id, format, and the size and SHA-256
+  of every other file (``files``); sealed with a checksum of its own (``integrity.py``).
 
 A shard is written into a temporary directory and renamed into place when complete, so a
 reader never sees a half-written shard; removing rows writes a new shard (the vectors are
-hard-linked, not copied).
+hard-linked, not copied). Every hash is written before the rename, so before the switch.
+
+Opening a shard checks every file against its hash, except a ``vectors.bin`` larger than
+``index.verify_on_open_bytes``: that one is hashed once, before the shard's first search
+result (or exact vector) is used (``ensure_verified``). A wrong hash is a ``GalleryError``:
+the shard gives no answer rather than a partial one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,10 +39,14 @@ from dedup.errors import GalleryError, InvalidParameter
 from dedup.faults import crash_point
 from dedup.fsutil import atomic_write_text, fsync_path
 from dedup.index.codec import Codec
+from dedup.index.integrity import check_file, file_record, seal, unseal
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
 
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2  # 2: meta.json sealed, with the size and SHA-256 of every file
+# The files whose hashes meta.json records (removed.npy only in shards that removed rows).
+SHARD_FILES = ("index.faiss", "vectors.bin", "row_ids.npy", "rows.parquet", "enrolment_keys.npy", "enrolment_order.npy")
+DEFAULT_VERIFY_ON_OPEN = 256 << 20
 _RERANK_BYTES = 64 << 20  # float32 working set of one re-rank chunk
 
 
@@ -52,10 +64,36 @@ class ShardMeta:
     exact_dtype: str
     min_row_id: int
     max_row_id: int
+    files: dict[str, dict[str, Any]]  # file name -> {"bytes": n, "sha256": hex}
 
     @property
     def live(self) -> int:
         return self.count - self.removed
+
+    def to_json(self) -> str:
+        """Sealed ``meta.json`` text."""
+        return seal(asdict(self))
+
+    @staticmethod
+    def from_json(text: bytes | str, where: Path) -> ShardMeta:
+        """Parse and check a sealed ``meta.json`` (``GalleryError`` when it fails)."""
+        data = unseal(text, f"shard {where}: meta.json")
+        if data.get("format") != SHARD_FORMAT:
+            raise GalleryError(f"shard {where}: format {data.get('format')} not supported (expected {SHARD_FORMAT})")
+        try:
+            return ShardMeta(**data)
+        except TypeError as exc:
+            raise GalleryError(f"shard {where}: unreadable meta.json ({exc})") from None
+
+
+def write_meta(folder: Path, meta: ShardMeta) -> None:
+    """Write the sealed ``meta.json`` into a shard folder (atomically)."""
+    atomic_write_text(folder / "meta.json", meta.to_json())
+
+
+def hash_files(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each named file of a shard folder."""
+    return {n: file_record(folder / n) for n in names}
 
 
 _ROWS_GROUP = 65_536  # rows.parquet row-group size: a lookup reads only the groups it needs
@@ -95,7 +133,7 @@ class ShardWriter:
         self.tmp = self.parent / f".tmp-{self.name}"
         self.tmp.mkdir(parents=True, exist_ok=False)
         self._index = codec.empty_index()
-        self._vectors = open(self.tmp / "vectors.bin", "wb")
+        self._vectors = open(self.tmp / "vectors.bin", "wb")  # noqa: SIM115 (closed by finish or abort)
         self._row_ids: list[np.ndarray] = []
         self._enrolments: list[list[str]] = []
         self.count = 0
@@ -143,10 +181,12 @@ class ShardWriter:
             dim=self.codec.spec.dim, count=self.count, removed=0, exact_dtype=self.dtype.name,
             min_row_id=int(row_ids.min()) if row_ids.size else -1,
             max_row_id=int(row_ids.max()) if row_ids.size else -1,
+            files=hash_files(self.tmp, SHARD_FILES),
         )
-        for f in ("row_ids.npy", "rows.parquet", "index.faiss", "enrolment_keys.npy", "enrolment_order.npy"):
-            fsync_path(self.tmp / f)
-        atomic_write_text(self.tmp / "meta.json", json.dumps(asdict(meta), indent=2))
+        for f in SHARD_FILES:
+            if f != "vectors.bin":
+                fsync_path(self.tmp / f)
+        write_meta(self.tmp, meta)
         final = self.parent / self.name
         os.rename(self.tmp, final)
         fsync_path(self.parent)
@@ -163,14 +203,21 @@ class ShardWriter:
 class Shard:
     """A loaded shard: PQ codes in RAM, exact vectors memory-mapped."""
 
-    def __init__(self, path: Path, meta: ShardMeta, index: "object", vectors: np.ndarray,
-                 row_ids: np.ndarray, removed: np.ndarray) -> None:
+    def __init__(self, path: Path, meta: ShardMeta, index: Any, vectors: np.ndarray,
+                 row_ids: np.ndarray, removed: np.ndarray, vectors_verified: bool = True) -> None:
         self.path = path
         self.meta = meta
         self.index = index
         self.vectors = vectors
         self.row_ids = row_ids
         self.removed_positions = removed
+        self.vectors_verified = vectors_verified
+
+    def ensure_verified(self) -> None:
+        """Hash ``vectors.bin`` once if opening left it unchecked; ``GalleryError`` when it fails."""
+        if not self.vectors_verified:
+            check_file(self.path / "vectors.bin", self.meta.files["vectors.bin"], f"shard {self.path}")
+            self.vectors_verified = True
 
     @property
     def ntotal(self) -> int:
@@ -178,41 +225,65 @@ class Shard:
         return self.meta.live
 
     @staticmethod
-    def load(path: Path, mmap: bool = True) -> "Shard":
-        """Open a shard directory. Missing or inconsistent files raise ``GalleryError``."""
-        import faiss
+    def load(path: Path, mmap: bool = True, meta_sha256: str | None = None,
+             verify_on_open_bytes: int = DEFAULT_VERIFY_ON_OPEN, verify: bool = True) -> Shard:
+        """Open a shard directory, checking its files' hashes (see the module docstring).
 
+        ``meta_sha256``: the hash of ``meta.json`` its generation manifest records. Missing,
+        changed or inconsistent files raise ``GalleryError``. ``verify=False`` skips the
+        hashes (sizes and counts are still checked): only for measuring what they cost.
+        """
         path = Path(path)
         meta_path = path / "meta.json"
+        if not path.is_dir():
+            raise GalleryError(f"shard {path} is missing (its folder is gone)")
         if not meta_path.exists():
             raise GalleryError(f"shard {path} is missing or incomplete (no meta.json)")
-        try:
-            meta = ShardMeta(**json.loads(meta_path.read_text()))
-        except (TypeError, ValueError) as exc:
-            raise GalleryError(f"shard {path}: unreadable meta.json ({exc})") from None
-        if meta.format != SHARD_FORMAT:
-            raise GalleryError(f"shard {path}: format {meta.format} not supported (expected {SHARD_FORMAT})")
+        meta_bytes = meta_path.read_bytes()
+        if verify and meta_sha256 is not None:
+            from dedup.index.integrity import bytes_digest
+
+            if bytes_digest(meta_bytes) != meta_sha256:
+                raise GalleryError(f"shard {path}: meta.json is not the one its generation manifest records")
+        meta = ShardMeta.from_json(meta_bytes, path)
+        where = f"shard {path}"
         dtype = np.dtype(meta.exact_dtype).newbyteorder("<")
         vec_path = path / "vectors.bin"
         expected = meta.count * meta.dim * dtype.itemsize
         if not vec_path.exists() or vec_path.stat().st_size != expected:
-            raise GalleryError(f"shard {path}: vectors.bin has the wrong size (expected {expected} bytes)")
+            raise GalleryError(f"shard {path}: vectors.bin has the wrong size (expected {expected} bytes; truncated?)")
+        names = [*SHARD_FILES, *(["removed.npy"] if "removed.npy" in meta.files else [])]
+        missing = [n for n in names if n not in meta.files]
+        if missing:
+            raise GalleryError(f"{where}: meta.json records no checksum for {', '.join(missing)}")
+        vectors_verified = not verify
+        if verify:
+            for name in names:
+                if name in ("index.faiss", "vectors.bin"):
+                    continue
+                check_file(path / name, meta.files[name], where)
+            if meta.files["vectors.bin"]["bytes"] <= verify_on_open_bytes:
+                check_file(vec_path, meta.files["vectors.bin"], where)
+                vectors_verified = True
         if meta.count:
             vectors = np.memmap(vec_path, dtype=dtype, mode="r", shape=(meta.count, meta.dim)) if mmap else \
                 np.fromfile(vec_path, dtype=dtype).reshape(meta.count, meta.dim)
         else:
             vectors = np.zeros((0, meta.dim), dtype=dtype)
-        row_ids = np.load(path / "row_ids.npy")
+        try:
+            row_ids = np.load(path / "row_ids.npy")
+            removed_path = path / "removed.npy"
+            removed = np.load(removed_path) if "removed.npy" in meta.files else np.zeros(0, dtype=np.int64)
+        except (OSError, ValueError) as exc:
+            raise GalleryError(f"{where}: unreadable row ids ({exc})") from None
         if row_ids.shape != (meta.count,):
             raise GalleryError(f"shard {path}: row_ids.npy does not match meta.json")
-        removed_path = path / "removed.npy"
-        removed = np.load(removed_path) if removed_path.exists() else np.zeros(0, dtype=np.int64)
-        index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_READ_ONLY)
+        index = read_index_checked(path / "index.faiss", meta.files["index.faiss"] if verify else None, where)
         if index.ntotal != meta.live:
             raise GalleryError(f"shard {path}: index holds {index.ntotal} rows, meta.json says {meta.live}")
-        return Shard(path, meta, index, vectors, row_ids, removed)
+        return Shard(path, meta, index, vectors, row_ids, removed, vectors_verified)
 
-    def enrolment_table(self) -> "object":
+    def enrolment_table(self) -> Any:
         """The shard's ``rows.parquet`` as a pyarrow Table (row_id, enrolment_id)."""
         import pyarrow.parquet as pq
 
@@ -260,55 +331,17 @@ class Shard:
             out[lo:lo + per_chunk] = np.where(valid, scores, -np.inf)
         return out
 
-    def search(self, probes: np.ndarray, params: SearchParams) -> Candidates:
-        """Every live row with exact cosine >= threshold, per probe (see ``SearchParams``)."""
-        import faiss
+    def search(self, probes: np.ndarray, params: SearchParams,
+               coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+        """Every live row with exact cosine >= threshold, per probe (see ``SearchParams`` and
+        ``dedup.index.search``; ``coarse``: the probes' nearest lists, when already known)."""
+        from dedup.index.search import threshold_search
 
+        self.ensure_verified()  # no result from exact vectors that fail their hash
         probes = np.ascontiguousarray(probes, dtype=np.float32)
-        n = probes.shape[0]
-        live = self.meta.live
-        if live == 0 or n == 0:
-            return Candidates.empty(n)
-        nlist = int(self.index.nlist)
-        depth_cap = min(params.max_depth, live)
-        depth = min(params.depth, depth_cap)
-        nprobe = min(params.nprobe, nlist)
-        todo = np.arange(n)
-        capped = np.zeros(n, dtype=bool)
-        searched = np.zeros(n, dtype=np.int64)
-        found_p: list[np.ndarray] = []
-        found_r: list[np.ndarray] = []
-        found_s: list[np.ndarray] = []
-        while todo.size:
-            _, positions = self.index.search(probes[todo], depth, params=faiss.SearchParametersIVF(nprobe=nprobe))
-            scores = self.exact_scores(probes[todo], positions)
-            searched[todo] = depth
-            valid = positions >= 0
-            n_valid = valid.sum(axis=1)
-            last = scores[np.arange(todo.size), np.maximum(n_valid - 1, 0)]
-            near = (n_valid > 0) & (last >= params.threshold - params.deepen_margin)
-            # A probe that already has max_candidates rows above the threshold is capped:
-            # searching deeper could only swap in rows the PQ ranked lower.
-            full = near & ((scores >= params.threshold).sum(axis=1) >= params.max_candidates)
-            capped[todo[full]] = True
-            can_go_deeper = (depth < depth_cap) or (nprobe < nlist)
-            deeper = near & ~full if can_go_deeper else np.zeros_like(near)
-            if not can_go_deeper:
-                # Depth ran out while rows were still near the threshold: report, don't hide.
-                capped[todo[near & (n_valid >= depth) & (depth < live)]] = True
-            done = ~deeper
-            hit = (scores >= params.threshold) & done[:, None]
-            pi, ki = np.nonzero(hit)
-            found_p.append(todo[pi])
-            found_r.append(self.row_ids[positions[pi, ki]])
-            found_s.append(scores[pi, ki])
-            todo = todo[deeper]
-            depth = min(depth * 4, depth_cap)
-            nprobe = min(nprobe * 2, nlist)
-        return Candidates.from_pairs(
-            n, np.concatenate(found_p), np.concatenate(found_r), np.concatenate(found_s),
-            params.max_candidates, capped=capped, searched_depth=searched,
-        )
+        if self.meta.live == 0 or probes.shape[0] == 0:
+            return Candidates.empty(probes.shape[0])
+        return threshold_search(self, probes, params, coarse)
 
     def without(self, row_ids: np.ndarray, parent: Path) -> Path:
         """Write a new shard equal to this one minus ``row_ids``; returns its path."""
@@ -317,30 +350,94 @@ class Shard:
         row_ids = np.asarray(row_ids, dtype=np.int64)
         positions = np.flatnonzero(np.isin(self.row_ids, row_ids))
         positions = np.setdiff1d(positions, self.removed_positions)
-        name = f"shard-{uuid.uuid4().hex[:12]}"
-        tmp = Path(parent) / f".tmp-{name}"
-        tmp.mkdir(parents=True)
-        for f in ("vectors.bin", "row_ids.npy", "rows.parquet", "enrolment_keys.npy", "enrolment_order.npy"):
-            _link_or_copy(self.path / f, tmp / f)
-        index = faiss.clone_index(self.index)
-        index.remove_ids(faiss.IDSelectorBatch(positions.astype(np.int64)))
-        faiss.write_index(index, str(tmp / "index.faiss"))
-        removed = np.union1d(self.removed_positions, positions).astype(np.int64)
-        np.save(tmp / "removed.npy", removed)
-        meta = ShardMeta(**{**asdict(self.meta), "name": name, "removed": int(removed.size)})
-        for f in ("index.faiss", "removed.npy"):
-            fsync_path(tmp / f)
-        atomic_write_text(tmp / "meta.json", json.dumps(asdict(meta), indent=2))
-        final = Path(parent) / name
-        os.rename(tmp, final)
-        fsync_path(Path(parent))
-        return final
+        with derived_shard(Path(parent)) as (tmp, name):
+            for f in ("vectors.bin", "row_ids.npy", "rows.parquet", "enrolment_keys.npy", "enrolment_order.npy"):
+                _link_or_copy(self.path / f, tmp / f)
+            index = faiss.clone_index(self.index)
+            index.remove_ids(faiss.IDSelectorBatch(positions.astype(np.int64)))
+            faiss.write_index(index, str(tmp / "index.faiss"))
+            removed = np.union1d(self.removed_positions, positions).astype(np.int64)
+            np.save(tmp / "removed.npy", removed)
+            files = {**self.meta.files, **hash_files(tmp, ("index.faiss", "removed.npy"))}
+            meta = replace(self.meta, name=name, removed=int(removed.size), files=files)
+            for f in ("index.faiss", "removed.npy"):
+                fsync_path(tmp / f)
+            write_meta(tmp, meta)
+        return Path(parent) / name
 
     def live_positions(self) -> np.ndarray:
         """Positions not removed."""
         mask = np.ones(self.meta.count, dtype=bool)
         mask[self.removed_positions] = False
         return np.flatnonzero(mask)
+
+
+def read_index_checked(path: Path, record: dict[str, Any] | None, where: str) -> Any:
+    """Read ``index.faiss`` once: its bytes are hashed (``record``) and then deserialised."""
+    import faiss
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GalleryError(f"{where}: index.faiss is missing") from None
+    if record is not None:
+        check_file(path, record, where, data=data)
+    try:
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise GalleryError(f"{where}: index.faiss is unreadable ({str(exc).splitlines()[0][:200]})") from None
+
+
+def rebuild_index(path: Path, codec: Codec, parent: Path) -> Path:
+    """A new shard equal to the one at ``path`` with its FAISS index rebuilt from its exact
+    vectors and the codec (the repair for a damaged ``index.faiss``); returns its path.
+
+    Every other file must pass its hash (they are hard-linked into the new shard); the
+    vectors are added in position order, live positions only, as the writer added them, so
+    a shard written from float32 vectors gets the same index back.
+    """
+    import faiss
+
+    path = Path(path)
+    where = f"shard {path}"
+    meta = ShardMeta.from_json((path / "meta.json").read_bytes(), path)
+    if meta.codec_version != codec.version:
+        raise GalleryError(f"{where}: built with codec {meta.codec_version}, the gallery's is {codec.version}")
+    others = [n for n in meta.files if n != "index.faiss"]
+    for name in others:
+        check_file(path / name, meta.files[name], where)
+    dtype = np.dtype(meta.exact_dtype).newbyteorder("<")
+    vectors = np.memmap(path / "vectors.bin", dtype=dtype, mode="r", shape=(meta.count, meta.dim)) if meta.count else \
+        np.zeros((0, meta.dim), dtype=dtype)
+    removed = np.load(path / "removed.npy") if "removed.npy" in meta.files else np.zeros(0, dtype=np.int64)
+    live = np.setdiff1d(np.arange(meta.count, dtype=np.int64), removed)
+    index = codec.empty_index()
+    for lo in range(0, live.size, 65_536):
+        pos = live[lo:lo + 65_536]
+        index.add_with_ids(np.ascontiguousarray(vectors[pos], dtype=np.float32), pos)
+    with derived_shard(Path(parent)) as (tmp, name):
+        for f in others:
+            _link_or_copy(path / f, tmp / f)
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        fsync_path(tmp / "index.faiss")
+        write_meta(tmp, replace(meta, name=name, files={**meta.files, **hash_files(tmp, ("index.faiss",))}))
+    return Path(parent) / name
+
+
+@contextmanager
+def derived_shard(parent: Path) -> Iterator[tuple[Path, str]]:
+    """A temporary folder and a new name for a shard made from another (rows removed, index
+    rebuilt): renamed into place when the body succeeds, removed when it fails."""
+    name = f"shard-{uuid.uuid4().hex[:12]}"
+    tmp = parent / f".tmp-{name}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp, name
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.rename(tmp, parent / name)
+    fsync_path(parent)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -47,7 +47,7 @@ def check_image(data: bytes, max_pixels: int) -> ImageCheck:
                 img.load()
     except Image.UnidentifiedImageError:
         return ImageCheck(False, "unreadable_image", "not an image in a known format (or its header is corrupt)")
-    except Exception as exc:  # PIL raises many types for bad data; all mean the same here
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data; all mean the same here
         return ImageCheck(False, "unreadable_image", f"the image cannot be decoded ({type(exc).__name__}: {str(exc)[:120]})")
     if fmt not in {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"}:
         return ImageCheck(False, "unreadable_image", f"image format {fmt} is not accepted; send JPEG, PNG, BMP, TIFF or WebP")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -27,6 +27,7 @@ def report_table(states: Sequence[EnrolmentState]) -> pa.Table:
         "uin": [s.uin for s in states],
         "duplicate_of": [s.duplicate_of for s in states],
         "case_id": [s.case_id for s in states],
+        "judged_threshold": [s.judged_threshold for s in states],
     }
     return pa.table(cols, schema=REPORT_SCHEMA)
 

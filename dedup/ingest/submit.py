@@ -1,7 +1,7 @@
 """``dedup submit``: judge every row of a manifest, keep the good ones, return a receipt.
 
-The batch is identified by the SHA-256 of the manifest's bytes: submitting the same file
-again finds the stored receipt and changes nothing. Submissions are serialised by an
+The batch is identified by the SHA-256 of the manifest's bytes (hashed as a stream):
+submitting the same file again finds the stored receipt and changes nothing. Submissions are serialised by an
 advisory lock, so "already received" is exact even when centres submit at the same time.
 Photos are written to the store before the database transaction that references them;
 a crash in between leaves at most an unreferenced photo, never a reference to nothing.
@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 
 from dedup.deployment import Deployment
-from dedup.ingest.manifest import ManifestRow, Rejection, check_fields, read_manifest, resolve_photo_path
+from dedup.errors import BadInput
+from dedup.ingest.manifest import EmbeddedPhoto, ManifestLimits, ManifestRow, Rejection, check_fields, read_manifest, resolve_photo_path
 from dedup.ingest.photos import PhotoStore, check_image, photo_store
 from dedup.store import audit, batches
 from dedup.store.centres import known_centres
@@ -33,29 +34,34 @@ class _Accepted:
     photo_sha256: str
 
 
-def batch_id_of(manifest_bytes: bytes) -> tuple[str, str]:
-    """(batch_id, sha256) of a manifest: the id is the first 20 hex digits of the hash."""
-    digest = hashlib.sha256(manifest_bytes).hexdigest()
+def batch_id_of(manifest: Path) -> tuple[str, str]:
+    """(batch_id, sha256) of a manifest file, hashed as a stream: the id is the first 20 hex digits of the hash."""
+    with open(manifest, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
     return "b" + digest[:20], digest
 
 
 def submit_batch(dep: Deployment, conn: psycopg.Connection[Any], actor: Actor, manifest: Path) -> tuple[batches.Receipt, bool]:
-    """Submit a manifest; return (receipt, new) where ``new`` is False for a resubmission."""
+    """Submit a manifest; return (receipt, new) where ``new`` is False for a resubmission.
+
+    The manifest is checked against the ``[store]`` manifest limits from its metadata first,
+    and read row group by row group (``dedup.ingest.manifest``).
+    """
     authorize(actor, "batch.submit")
     manifest = Path(manifest)
     try:
-        raw = manifest.read_bytes()
+        batch_id, digest = batch_id_of(manifest)
     except FileNotFoundError:
-        from dedup.errors import BadInput
-
         raise BadInput(f"{manifest}: no such file") from None
-    batch_id, digest = batch_id_of(raw)
+    except IsADirectoryError:
+        raise BadInput(f"{manifest}: a folder, not a manifest file") from None
     existing = batches.get_receipt(conn, batch_id)
     if existing is not None:
         batches.check_batch_access(actor, existing.centre_id, batch_id)
         return existing, False
-    rows = read_manifest(manifest)
-    now = dt.datetime.now(dt.timezone.utc)
+    opened = read_manifest(manifest, ManifestLimits.of(dep.settings.store))
+    rows = opened.rows
+    now = dt.datetime.now(dt.UTC)
     store = photo_store(dep.store)
     limits = dep.settings.store
 
@@ -78,9 +84,19 @@ def submit_batch(dep: Deployment, conn: psycopg.Connection[Any], actor: Actor, m
             if rejection is not None:
                 judged[row.row] = rejection
         _judge_duplicates(conn, rows, judged)
+        embedded = set()
         for row in rows:
-            if row.row not in judged:
+            if row.row in judged:
+                continue
+            if isinstance(row.photo, EmbeddedPhoto):
+                if row.photo.size > limits.max_photo_bytes:
+                    judged[row.row] = Rejection("photo_too_large", f"{row.photo.size} bytes; the limit is {limits.max_photo_bytes}")
+                else:
+                    embedded.add(row.row)
+            else:
                 judged[row.row] = _take_photo(row, manifest.parent, store, limits.max_photo_bytes, limits.max_photo_pixels)
+        for number, data in opened.embedded_photos(embedded):  # one row group of photos in memory at a time
+            judged[number] = _keep_photo(rows[number], data, store, limits.max_photo_pixels)
         owner = _owner(actor, rows, judged)
         batches.insert_batch(conn, batch_id, digest, manifest.name, owner, actor.name, len(rows),
                              sum(isinstance(j, _Accepted) for j in judged.values()))
@@ -121,21 +137,26 @@ def _judge_duplicates(conn: psycopg.Connection[Any], rows: list[ManifestRow], ju
 
 
 def _take_photo(row: ManifestRow, batch_dir: Path, store: PhotoStore, max_bytes: int, max_pixels: int) -> Rejection | _Accepted:
-    if isinstance(row.photo, str):
-        found = resolve_photo_path(batch_dir, row.photo)
-        if isinstance(found, Rejection):
-            return found
-        size = found.stat().st_size
-        if size > max_bytes:
-            return Rejection("photo_too_large", f"{size} bytes; the limit is {max_bytes}")
-        try:
-            data = found.read_bytes()
-        except OSError as exc:
-            return Rejection("missing_photo", f"photo file {row.photo!r} cannot be read ({exc.strerror})")
-    else:
-        data = bytes(row.photo or b"")
-        if len(data) > max_bytes:
-            return Rejection("photo_too_large", f"{len(data)} bytes; the limit is {max_bytes}")
+    """A row's photo named by a path: found, size-checked, read and kept."""
+    assert isinstance(row.photo, str)
+    found = resolve_photo_path(batch_dir, row.photo)
+    if isinstance(found, Rejection):
+        return found
+    size = found.stat().st_size
+    if size > max_bytes:
+        return Rejection("photo_too_large", f"{size} bytes; the limit is {max_bytes}")
+    try:
+        with open(found, "rb") as f:
+            data = f.read(max_bytes + 1)  # no more than the limit, should the file grow meanwhile
+    except OSError as exc:
+        return Rejection("missing_photo", f"photo file {row.photo!r} cannot be read ({exc.strerror})")
+    if len(data) > max_bytes:
+        return Rejection("photo_too_large", f"over {max_bytes} bytes; the limit is {max_bytes}")
+    return _keep_photo(row, data, store, max_pixels)
+
+
+def _keep_photo(row: ManifestRow, data: bytes, store: PhotoStore, max_pixels: int) -> Rejection | _Accepted:
+    """Check a photo's image header and keep it in the store."""
     check = check_image(data, max_pixels)
     if not check.ok:
         assert check.reason is not None and check.detail is not None

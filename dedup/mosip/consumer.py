@@ -24,9 +24,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from dedup.config import MosipSettings
 from dedup.deployment import Deployment
@@ -59,7 +60,7 @@ class Frame:
     body: bytes
     message_type: str  # "text" or "bytes"
     headers: dict[str, str]
-    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class _Listener:
@@ -128,7 +129,7 @@ class Transport:
         conn.set_listener("dedup", self.listener)
         try:
             conn.connect(self.settings.user or None, self.settings.password or None, wait=True)
-        except Exception as exc:  # stomp.py raises ConnectFailedException, OSError, ...
+        except Exception as exc:  # noqa: BLE001 - stomp.py raises ConnectFailedException, OSError, ...
             raise BrokerError(f"cannot connect to the broker at {self.settings.broker_url}: {type(exc).__name__}") from None
         if self.listener.error:
             raise BrokerError(f"the broker refused the connection: {self.listener.error}")
@@ -169,7 +170,7 @@ class Transport:
                 raise BrokerError("the broker did not confirm the response's transaction")
         except BrokerError:
             raise
-        except Exception as exc:  # NotConnectedException, OSError
+        except Exception as exc:  # noqa: BLE001 - NotConnectedException, OSError
             raise BrokerError(f"lost the broker while answering ({type(exc).__name__})") from None
         finally:
             self.listener.receipts.pop(receipt, None)
@@ -182,7 +183,7 @@ class Transport:
         if self.conn is not None:
             try:
                 self.conn.disconnect()
-            except Exception:  # already gone
+            except Exception:  # noqa: BLE001 - already gone
                 pass
             self.conn = None
 
@@ -222,7 +223,8 @@ class Consumer:
         fetcher = Fetcher(tokens, s.fetch_timeout, s.max_cbeff_bytes)
         decrypt = None
         if s.encryption == "mosip-v1.2":
-            from dedup.mosip.crypto import decrypt as ver_r2, load_partner_key
+            from dedup.mosip.crypto import decrypt as ver_r2
+            from dedup.mosip.crypto import load_partner_key
 
             key = load_partner_key(s.p12_path, s.p12_password)
             decrypt = lambda body: ver_r2(body, key)  # noqa: E731
@@ -318,7 +320,8 @@ class Consumer:
         self.answered += 1
         resp = outcome.response
         if resp.get("returnValue") == "2":
-            store.set_last_error(conn, f"{parsed.echo_id or '?'} {parsed.request_id or '(no requestId)'}: failure {resp.get('failureReason')} ({outcome.detail})")
+            who = f"{parsed.echo_id or '?'} {parsed.request_id or '(no requestId)'}"
+            store.set_last_error(conn, f"{who}: failure {resp.get('failureReason')} ({outcome.detail})")
         log.info("%s %s -> %s%s%s", parsed.echo_id or "?", parsed.request_id or "-", resp.get("returnValue"),
                  f" failure {resp['failureReason']}" if "failureReason" in resp else "", " (replayed)" if outcome.replayed else "")
         if self.answered % self.progress_every == 0:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -37,19 +38,14 @@ import psycopg
 from dedup.deployment import Deployment
 from dedup.errors import DedupError, MosipFailure
 from dedup.faults import crash_point
+from dedup.ids import mosip_gallery_name as gallery_name
 from dedup.mosip import messages as msg
 from dedup.mosip.codes import Failure
 from dedup.store import mosip as store
 
 log = logging.getLogger("dedup.mosip")
 
-GALLERY_PREFIX = "mosip-"  # gallery name of a reference: "mosip-<referenceId>"
 _DECODE_REASONS = {"not_an_image", "corrupt_image", "unsupported_format", "too_large", "not_found"}
-
-
-def gallery_name(reference_id: str) -> str:
-    """The id under which a reference's template is kept in the MOSIP gallery."""
-    return GALLERY_PREFIX + reference_id
 
 
 @dataclass
@@ -96,7 +92,9 @@ class Handler:
         self.face_settings = dep.settings.replace("face", formats=",".join(formats)).face
         self.gallery_root = dep.home / dep.settings.mosip.gallery_dir
         self._model: Any = None
+        self._preparer: Any = None
         self._gallery: Any = None
+        self._count: int | None = None  # active references; this consumer is the only writer (advisory lock)
         self.timings = Timings()
 
     # ------------------------------------------------------------------ entry
@@ -123,7 +121,7 @@ class Handler:
             elif req.op == msg.PENDING_JOBS:
                 extra = {"jobscount": str(int(self.pending_jobs()))}
             else:
-                extra = {"count": str(store.active_count(self.conn))}
+                extra = {"count": str(self.reference_count())}
         except MosipFailure as exc:
             return self._fail(parsed, req, exc, message_type, received_at)
         except psycopg.Error:
@@ -165,7 +163,10 @@ class Handler:
         response = msg.success(parsed.echo_id, req.request_id)
         answer = store.Answer(req.request_id, req.op, req.reference_id, response, "", message_type, received_at)
         with self.timings.stage("database"):
-            return Outcome(store.record_insert(self.conn, answer, req.reference_id, row), "")
+            stored = store.record_insert(self.conn, answer, req.reference_id, row)
+        if stored is response and self._count is not None:
+            self._count += 1
+        return Outcome(stored, "")
 
     def _delete(self, parsed: msg.Parsed, req: msg.Request, message_type: str, received_at: datetime) -> Outcome:
         assert req.reference_id is not None
@@ -180,7 +181,10 @@ class Handler:
         crash_point("abis.deleted")
         response = msg.success(parsed.echo_id, req.request_id)
         answer = store.Answer(req.request_id, req.op, req.reference_id, response, "", message_type, received_at)
-        return Outcome(store.record_delete(self.conn, answer, req.reference_id), "")
+        stored = store.record_delete(self.conn, answer, req.reference_id)
+        if stored is response and self._count is not None:
+            self._count -= 1
+        return Outcome(stored, "")
 
     def _identify(self, req: msg.Request) -> dict[str, Any]:
         from dedup.index.params import SearchParams
@@ -205,7 +209,7 @@ class Handler:
         settings = self.dep.settings
         max_results = req.max_results or settings.mosip.max_results
         with self.timings.stage("threshold"):
-            choice = choose(self.dep, req.target_fpir, store.active_count(self.conn))
+            choice = choose(self.dep, self.model().model_id, req.target_fpir, self.reference_count())
         found: dict[str, float] = {}
         if restricted is not None:
             if restricted:
@@ -217,7 +221,11 @@ class Handler:
             gallery = self.open_gallery()
             if len(gallery):
                 params = SearchParams.from_settings(settings.search, choice.threshold)
-                params = dataclasses.replace(params, max_candidates=max(params.max_candidates, max_results + 1))
+                # The fixed search (early_exit off): the threshold-aware one prunes with bounds
+                # measured on the codec's training sample, which for a bootstrapped gallery is
+                # synthetic, and on real templates it was seen to miss a 0.996 mate (2026-12-01).
+                params = dataclasses.replace(params, max_candidates=max(params.max_candidates, max_results + 1),
+                                             early_exit=False)
                 with self.timings.stage("gallery_search"):
                     result = gallery.search(probe[None, :].astype(np.float32), params)
                 with self.timings.stage("database"):
@@ -226,7 +234,8 @@ class Handler:
                     ref = refs_of.get(int(row_id))
                     if ref is not None:  # rows of deleted references, or never committed, are not candidates
                         found[ref] = max(found.get(ref, -2.0), float(score))
-        found.pop(probe_ref, None)  # never the probe itself
+        if probe_ref is not None:
+            found.pop(probe_ref, None)  # never the probe itself
         best = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[:max_results]
         return {"candidateList": {"count": str(len(best)), "candidates": [self._candidate(r, s, choice) for r, s in best]}}
 
@@ -243,11 +252,23 @@ class Handler:
         return {"referenceId": reference_id, "analytics": analytics,
                 "modalities": [{"biometricType": "FID", "analytics": dict(analytics)}]}
 
+    def reference_count(self) -> int:
+        """Active references (REFERENCE_COUNT; N for the threshold), counted once, then kept."""
+        if self._count is None:
+            self._count = store.active_count(self.conn)
+        return self._count
+
     # ------------------------------------------------------------------ biometrics
 
     def template(self, url: str) -> np.ndarray:
-        """The face template of the CBEFF at ``url`` (fetch, decrypt, parse, embed)."""
-        from dedup.face import PhotoBytes, embed_photos
+        """The face template of the CBEFF at ``url`` (fetch, decrypt, parse, embed).
+
+        The face pipeline's own steps (``Preparer``: decode with its limits, detect, align,
+        quality; then the model), with the detector built once per process rather than per
+        request (``embed_photos`` builds one per call: 0.35 s, more than the photo itself).
+        """
+        from dedup.face.embed import l2_normalise
+        from dedup.face.prepare import PhotoBytes
         from dedup.mosip.cbeff import face_segments
         from dedup.mosip.iso19794_5 import face_image
 
@@ -258,20 +279,28 @@ class Handler:
         with self.timings.stage("cbeff_parse"):
             segments = face_segments(document)
             images = [face_image(s.bdb) for s in segments]
-        items = [PhotoBytes(f"cbeff-face-{s.index}", im.data) for s, im in zip(segments, images)]
-        model = self.model()
+        model, preparer = self.model(), self.preparer()
         with self.timings.stage("face_pipeline"):
-            result = embed_photos(items, self.face_settings, model=model)
-        passed = [r for r in result.results if r.ok]
-        if passed:
-            best = max(passed, key=lambda r: r.quality)
-            return np.asarray(result.embeddings[best.row], dtype=np.float32)
-        first = result.results[0]
+            prepared = [preparer.prepare(PhotoBytes(f"cbeff-face-{s.index}", im.data)) for s, im in zip(segments, images)]
+            passed = [p for p in prepared if p.reason is None and p.chip is not None]
+            if passed:
+                best = max(passed, key=lambda p: p.quality)
+                assert best.chip is not None
+                return l2_normalise(model.embed(best.chip[None, ...], 1))[0]
+        first = prepared[0]
         if first.reason in _DECODE_REASONS:
             raise MosipFailure(Failure.INVALID_CBEFF_FORMAT, f"the face image cannot be decoded ({first.reason})")
         if first.reason == "processing_error":
             raise MosipFailure(Failure.INTERNAL_ERROR, "the face pipeline failed on the image")
         raise MosipFailure(Failure.QUALITY_CHECK_FAILED, f"the face image fails the quality check ({first.reason}: {first.detail})")
+
+    def preparer(self) -> Any:
+        """The face pipeline's per-photo steps (decode, detect, align, quality), built once."""
+        if self._preparer is None:
+            from dedup.face.prepare import Preparer
+
+            self._preparer = Preparer(self.face_settings)
+        return self._preparer
 
     def model(self) -> Any:
         """The face model, loaded once."""

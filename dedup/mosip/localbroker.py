@@ -65,7 +65,7 @@ class LocalBroker:
     def url(self) -> str:
         return f"stomp://127.0.0.1:{self.stomp_port}"
 
-    def start(self, timeout: float = 60.0) -> "LocalBroker":
+    def start(self, timeout: float = 60.0) -> LocalBroker:
         if not available():
             raise BrokerError("Debian's activemq package (and a Java runtime) is not installed: apt-get install activemq")
         conf, data = self.root / "conf", self.root / "data"

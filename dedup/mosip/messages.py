@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from dedup.errors import MosipFailure
@@ -76,7 +76,7 @@ class Parsed:
 
 def utc_time(now: datetime | None = None) -> str:
     """``responsetime`` in MOSIP's pattern: ``2020-03-29T07:01:24.692Z``."""
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
@@ -89,7 +89,8 @@ def parse(body: bytes | str) -> Parsed:
         return Parsed("", "", None, MosipFailure(Failure.INVALID_STRUCTURE, "the message is not a JSON document"))
     if not isinstance(doc, dict):
         return Parsed("", "", None, MosipFailure(Failure.INVALID_STRUCTURE, "the message is not a JSON object"))
-    echo_id = doc.get("id") if isinstance(doc.get("id"), str) else ""
+    op = doc.get("id")
+    echo_id = op if isinstance(op, str) else ""
     rid = doc.get("requestId")
     request_id = rid if isinstance(rid, str) else ""
     try:

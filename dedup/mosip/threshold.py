@@ -1,25 +1,22 @@
 """IDENTIFY's ``flags.targetFPIR`` -> the threshold, and the FPIR estimate of a score.
 
-MOSIP's targetFPIR t means FPIR = 10^(-t/10) (30 -> 1e-3; ABIS API "Flags"). The one
-threshold policy of MOSIP mode is :func:`choose`:
+MOSIP's targetFPIR t means FPIR = 10^(-t/10) (30 -> 1e-3; ABIS API "Flags"). The threshold
+is the deployment's one policy, ``dedup.operating_point.threshold_in_force``, at the MOSIP
+gallery's current size with the request's target (the deployment's
+``calibration.target_fpir`` when the request names none): an explicit ``search.threshold``,
+else the deployment's calibration, else the model's card. With neither it raises
+``NoOperatingPoint`` and the IDENTIFY fails rather than search at a guess (fail closed).
 
-- the deployment is calibrated (``calibration.json`` from ``dedup calibrate --apply``) and
-  the request names a target: the threshold whose modelled FPIR at the MOSIP gallery's
-  current size is the target (``FMR = 1 - (1 - FPIR)^(1/N)`` read from the fitted tail);
-- otherwise the threshold ``dedup run`` uses (``dedup.pipeline.threshold_of``), and the
-  response says so (analytics ``thresholdSource``: ``configured``).
-
-A score's FPIR estimate is ``1 - (1 - FMR(score))^N``, with FMR from the calibration, else
-from the documented impostor distribution of the model (``dedup.web.scoring``).
+A candidate's FPIR estimate is ``1 - (1 - FMR(score))^N`` from the same impostor tail.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from dedup.deployment import Deployment
-from dedup.errors import DedupError
 
 
 @dataclass(frozen=True)
@@ -27,9 +24,10 @@ class ThresholdChoice:
     """The threshold for one IDENTIFY and how a score reads at this gallery size."""
 
     threshold: float
-    source: str  # "calibration" or "configured"
-    target_fpir: float | None
+    source: str  # "setting", "deployment-calibration" or "model-card"
+    target_fpir: float
     fpir_at: Callable[[float], float | None]
+    warnings: tuple[str, ...] = ()
 
 
 def fpir_of_target(t: float) -> float:
@@ -37,27 +35,37 @@ def fpir_of_target(t: float) -> float:
     return float(10.0 ** (-t / 10.0))
 
 
-def choose(dep: Deployment, target: float | None, gallery_size: int) -> ThresholdChoice:
-    """The threshold policy of MOSIP mode (see the module docstring)."""
-    from dedup.evaluation.calibrate import load_calibration
-    from dedup.evaluation.tail import fmr_for_fpir, fpir_from_fmr
-    from dedup.pipeline import threshold_of
-    from dedup.web.scoring import meaning_function
+# Answers by (settings, model, N, target), kept CACHE_SECONDS: N changes only with INSERT
+# and DELETE, so a run of IDENTIFYs asks the policy (which reads and parses the model card
+# and calibration files) about once; a new calibration is in force within CACHE_SECONDS.
+CACHE_SECONDS = 10.0
+_CACHE: dict[tuple[object, ...], tuple[float, ThresholdChoice]] = {}
+
+
+def choose(dep: Deployment, model_id: str, target: float | None, gallery_size: int) -> ThresholdChoice:
+    """The threshold in force for this IDENTIFY (see the module docstring)."""
+    key = (str(dep.home), dep.settings, model_id, int(gallery_size), target)
+    now = time.monotonic()
+    hit = _CACHE.get(key)
+    if hit is None or now - hit[0] > CACHE_SECONDS:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        hit = _CACHE[key] = (now, _choose(dep, model_id, target, gallery_size))
+    return hit[1]
+
+
+def _choose(dep: Deployment, model_id: str, target: float | None, gallery_size: int) -> ThresholdChoice:
+    from dedup.evaluation.tail import fpir_from_fmr
+    from dedup.operating_point import impostor_tail, threshold_in_force
 
     n = max(int(gallery_size), 1)
-    try:
-        saved = load_calibration(dep.home)
-    except DedupError:
-        saved = None  # a broken calibration file: fall back to the configured threshold
-    if saved is not None and target is not None:
-        _, tail = saved
-        fpir = fpir_of_target(target)
-        t = min(float(tail.threshold_for_fmr(fmr_for_fpir(min(fpir, 0.999999), n))), 1.0)
-        return ThresholdChoice(t, "calibration", fpir, lambda s: float(fpir_from_fmr(float(tail.fmr(s)), n)))
-    meaning = meaning_function(dep.home, dep.settings)
+    tif = threshold_in_force(model_id, n, dep.settings, dep.home,
+                             target_fpir=None if target is None else fpir_of_target(target))
+    tail = impostor_tail(model_id, dep.home)
 
-    def fpir_at(score: float) -> float | None:
-        fmr = meaning(score).fmr
-        return None if fmr is None else float(fpir_from_fmr(fmr, n))
+    def estimate(score: float) -> float | None:
+        # The point estimate only: the bootstrap interval (operating_point.fpir_at) costs
+        # milliseconds per candidate and MOSIP reads none of it.
+        return None if tail is None else float(fpir_from_fmr(float(tail.tail.fmr(score)), n))
 
-    return ThresholdChoice(float(threshold_of(dep)), "configured", None if target is None else fpir_of_target(target), fpir_at)
+    return ThresholdChoice(tif.value, tif.source, tif.target_fpir, estimate, tif.warnings)

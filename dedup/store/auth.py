@@ -3,7 +3,8 @@
 - Passwords are argon2id hashes (argon2-cffi). A login for an unknown user still verifies
   against a dummy hash, so timing does not tell which names exist. After
   ``web.lockout_attempts`` failures in a row the account is locked for ``web.lockout_seconds``;
-  every success, failure and lock is audited.
+  the count is kept under a row lock, so parallel guesses are all counted. Every success,
+  failure and lock is audited. (Per-address throttling is the web app's: ``dedup.web.limits``.)
 - A session is a random id: the browser holds it in a signed cookie, the database only its
   SHA-256 with the session's CSRF token and expiry. Logging out, a password change and a
   disabled account end it.
@@ -74,47 +75,55 @@ def check_login(conn: psycopg.Connection[Any], name: str, password: str, web: We
 
     Raises Unauthenticated with one message for every failure (unknown name, wrong
     password, locked, disabled, no password set), so the page tells an attacker nothing.
+    Attempts on one account are serialised by a lock on its ``web_accounts`` row, taken
+    before the count and the lock are read: parallel guesses are each counted, and only
+    ``web.lockout_attempts`` of them are checked before the account locks.
     """
     name = name.strip()[:64]
+    if "\x00" in name:  # PostgreSQL text cannot hold NUL: no such user, answered like any other
+        name = ""
     failed: str | None = None
     actor: Actor | None = None
+    checked = False  # whether the real hash was verified (else a dummy one is, after the lock is let go)
     with conn.transaction():
-        row = conn.execute(
-            """SELECT u.name, u.role, u.centre_id, u.active, w.password_hash, w.failed_logins,
-                      coalesce(w.locked_until > now(), false) AS locked
-               FROM users u LEFT JOIN web_accounts w ON w.user_name = u.name WHERE u.name = %s FOR UPDATE OF u""",
+        conn.execute("SET LOCAL lock_timeout = '10s'")
+        user = conn.execute("SELECT name, role, centre_id, active FROM users WHERE name = %s", (name,)).fetchone() if name else None
+        # FOR UPDATE re-reads the row once the lock is ours: the count and lock of every attempt before this one.
+        account = conn.execute(
+            """SELECT password_hash, failed_logins, coalesce(locked_until > now(), false) AS locked
+               FROM web_accounts WHERE user_name = %s FOR UPDATE""",
             (name,),
-        ).fetchone() if name else None
-        if row is None or row["password_hash"] is None:
-            _verify(_DUMMY_HASH, password)
-            failed = "unknown user" if row is None else "no password set"
-        elif row["locked"]:
-            _verify(_DUMMY_HASH, password)
+        ).fetchone() if user else None
+        if user is None or account is None:
+            failed = "unknown user" if user is None else "no password set"
+        elif account["locked"]:
             failed = "account locked"
-        elif not _verify(row["password_hash"], password):
-            attempts = row["failed_logins"] + 1
+        elif not (checked := True) or not _verify(account["password_hash"], password):
+            attempts = conn.execute(
+                "UPDATE web_accounts SET failed_logins = failed_logins + 1 WHERE user_name = %s RETURNING failed_logins", (name,)
+            ).fetchone()["failed_logins"]  # type: ignore[index]
             if attempts >= web.lockout_attempts:
                 conn.execute(
                     "UPDATE web_accounts SET failed_logins = 0, locked_until = now() + make_interval(secs => %s) WHERE user_name = %s",
                     (web.lockout_seconds, name),
                 )
                 audit.record(conn, name, "login.locked", "user", name, {"attempts": attempts, "seconds": web.lockout_seconds})
-            else:
-                conn.execute("UPDATE web_accounts SET failed_logins = %s WHERE user_name = %s", (attempts, name))
             failed = "wrong password"
-        elif not row["active"]:
+        elif not user["active"]:
             failed = "account disabled"
-        elif row["role"] not in WEB_ROLES:
-            failed = f"role {row['role']} does not use the web pages"
+        elif user["role"] not in WEB_ROLES:
+            failed = f"role {user['role']} does not use the web pages"
         else:
             conn.execute("UPDATE web_accounts SET failed_logins = 0, locked_until = NULL WHERE user_name = %s", (name,))
-            if _HASHER.check_needs_rehash(row["password_hash"]):
+            if _HASHER.check_needs_rehash(account["password_hash"]):
                 conn.execute("UPDATE web_accounts SET password_hash = %s WHERE user_name = %s", (_HASHER.hash(password), name))
-            actor = Actor(row["name"], row["role"], row["centre_id"])
+            actor = Actor(user["name"], user["role"], user["centre_id"])
         # The audit row names the account tried; only known names, so typed passwords
         # pasted into the name field do not land in the log.
-        if row is not None:
+        if user is not None:
             audit.record(conn, name, "login" if actor else "login.failed", "user", name, {} if actor else {"why": failed})
+    if not checked:
+        _verify(_DUMMY_HASH, password)  # the same time as a real check, without holding the account's lock
     if actor is None:
         raise Unauthenticated(LOGIN_FAILED)
     return actor
@@ -234,7 +243,7 @@ def token_actor(conn: psycopg.Connection[Any], text: str) -> Actor:
         (m.group(1),),
     ).fetchone()
     ok = row is not None and hmac.compare_digest(row["secret_sha256"], _sha256(m.group(2)))
-    if not ok or row["revoked_at"] is not None or not row["active"]:
+    if row is None or not ok or row["revoked_at"] is not None or not row["active"]:
         raise Unauthenticated("unknown, revoked or disabled API token")
     conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE token_id = %s", (m.group(1),))
     return Actor(row["name"], row["role"], row["centre_id"])

@@ -75,6 +75,7 @@ class EnrolmentState:
     case_id: int | None
     captured_at: dt.datetime | None
     updated_at: dt.datetime | None
+    judged_threshold: float | None = None   # the threshold `dedup run` decided it at (its unit's; issue 13)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form with stable keys."""
@@ -152,9 +153,21 @@ def existing_enrolments(conn: psycopg.Connection[Any], keys: list[tuple[Any, Any
 
 
 def check_batch_access(actor: Actor, owner_centre: str | None, batch_id: str) -> None:
-    """A centre account sees only its own centre's batches."""
+    """A centre account submits to its own centre's batches only (a resubmission of another centre's manifest)."""
     if actor.role == "centre" and owner_centre != actor.centre_id:
         raise PermissionDenied(f"batch {batch_id} does not belong to centre {actor.centre_id!r}")
+
+
+def check_batch_readable(conn: psycopg.Connection[Any], actor: Actor, owner_centre: str | None, batch_id: str,
+                         exists: bool) -> None:
+    """NotFound, with the same words, for a batch that does not exist and for another centre's
+    (a centre cannot learn which batch ids exist elsewhere); the refusal is audited."""
+    if exists and not (actor.role == "centre" and owner_centre != actor.centre_id):
+        return
+    if exists:
+        with conn.transaction():
+            audit.record(conn, actor.name, "batch.refused", "batch", batch_id, {"owner": owner_centre})
+    raise NotFound(f"no batch {batch_id!r}")
 
 
 def get_receipt(conn: psycopg.Connection[Any], batch_id: str) -> Receipt | None:
@@ -174,10 +187,12 @@ def get_receipt(conn: psycopg.Connection[Any], batch_id: str) -> Receipt | None:
 
 _STATE_SQL = """
 SELECT r.batch_id, r.row_index, r.enrolment_id, r.centre_id, r.accepted, r.reason AS row_reason, r.detail AS row_detail,
-       e.state, e.reason, e.detail, e.uin, e.duplicate_of, e.captured_at, e.updated_at, c.case_id
+       e.state, e.reason, e.detail, e.uin, e.duplicate_of, e.captured_at, e.updated_at, c.case_id,
+       CASE WHEN e.state <> 'rejected' THEN u.threshold END AS judged_threshold
 FROM batch_rows r
 JOIN batches b ON b.batch_id = r.batch_id
 LEFT JOIN enrolments e ON e.enrolment_pk = r.enrolment_pk
+LEFT JOIN run_units u ON u.unit_id = e.unit_id AND u.state <> 'claimed'
 LEFT JOIN cases c ON c.enrolment_pk = e.enrolment_pk
 """
 
@@ -187,16 +202,15 @@ def _state(r: dict[str, Any]) -> EnrolmentState:
         return EnrolmentState(r["batch_id"], r["row_index"], r["enrolment_id"], r["centre_id"], "rejected",
                               r["row_reason"], r["row_detail"], None, None, None, None, None)
     return EnrolmentState(r["batch_id"], r["row_index"], r["enrolment_id"], r["centre_id"], r["state"], r["reason"],
-                          r["detail"], r["uin"], r["duplicate_of"], r["case_id"], r["captured_at"], r["updated_at"])
+                          r["detail"], r["uin"], r["duplicate_of"], r["case_id"], r["captured_at"], r["updated_at"],
+                          r["judged_threshold"])
 
 
 def batch_report(conn: psycopg.Connection[Any], actor: Actor, batch_id: str) -> list[EnrolmentState]:
     """Every row of a batch with its current state (centre: own batches only)."""
     authorize(actor, "batch.report")
     b = conn.execute("SELECT centre_id FROM batches WHERE batch_id = %s", (batch_id,)).fetchone()
-    if b is None:
-        raise NotFound(f"no batch {batch_id!r}")
-    check_batch_access(actor, b["centre_id"], batch_id)
+    check_batch_readable(conn, actor, None if b is None else b["centre_id"], batch_id, b is not None)
     rows = conn.execute(_STATE_SQL + " WHERE r.batch_id = %s ORDER BY r.row_index", (batch_id,)).fetchall()
     with conn.transaction():
         audit.record(conn, actor.name, "batch.report", "batch", batch_id, {"rows": len(rows)})
@@ -225,12 +239,12 @@ def enrolment_status(conn: psycopg.Connection[Any], actor: Actor, enrolment_id: 
         clause += " AND r.centre_id = %s"
         params.append(centre_id)
     rows = conn.execute(_STATE_SQL + clause + " ORDER BY r.accepted DESC, r.batch_id, r.row_index", params).fetchall()
+    with conn.transaction():  # a lookup that finds nothing is audited too (someone probing ids)
+        audit.record(conn, actor.name, "enrolment.status", "enrolment", enrolment_id, {"centre_id": centre_id, "found": bool(rows)})
     if not rows:
         where = f" at centre {centre_id!r}" if centre_id else ""
         raise NotFound(f"no enrolment {enrolment_id!r}{where}")
     # The accepted row is the enrolment; rejected rows with the same id are only shown when
     # nothing was accepted (they explain why there is no enrolment).
     kept = [r for r in rows if r["accepted"]] or rows
-    with conn.transaction():
-        audit.record(conn, actor.name, "enrolment.status", "enrolment", enrolment_id, {"centre_id": centre_id})
     return [_state(r) for r in kept]

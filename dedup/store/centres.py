@@ -42,6 +42,7 @@ def add_centre(conn: psycopg.Connection[Any], actor: Actor, centre_id: str, name
         except psycopg.errors.CheckViolation:
             raise InvalidParameter(f"centre id {centre_id!r} is not valid: {CENTRE_ID_RULE}") from None
         audit.record(conn, actor.name, "centre.add", "centre", centre_id, {"name": name})
+    assert row is not None  # INSERT ... RETURNING gives a row
     return Centre(**row)
 
 

@@ -99,14 +99,15 @@ def open_control(conn: psycopg.Connection[Any], pair_id: int, user: str, lease_s
     """A new control case of ``pair_id`` leased to ``user``; its case number.
 
     It takes the set-aside case number nearest to ``next_in_line`` (the real case a claim
-    would have taken) with that number's time of opening, so it is numbered like a real
+    would have taken; a later number first) with that number's time of opening, so it is numbered like a real
     case of its time; with none set aside, a fresh number.
     """
     got = conn.execute(
         """DELETE FROM reserved_case_numbers WHERE case_id =
-               (SELECT case_id FROM reserved_case_numbers ORDER BY abs(case_id - %s), case_id LIMIT 1 FOR UPDATE SKIP LOCKED)
+               (SELECT case_id FROM reserved_case_numbers ORDER BY case_id < %s, abs(case_id - %s), case_id
+                LIMIT 1 FOR UPDATE SKIP LOCKED)
            RETURNING case_id, opened_at""",
-        (next_in_line or 0,),
+        (next_in_line or 0, next_in_line or 0),
     ).fetchone()
     if got is None:
         row = conn.execute(
@@ -145,24 +146,28 @@ def is_control(conn: psycopg.Connection[Any], case_id: int) -> bool:
 
 
 def control_row(conn: psycopg.Connection[Any], case_id: int, lock: bool = False) -> dict[str, Any]:
-    """A control case with its pair and the enrolments its photos came from (NotFound when there is none).
+    """A control case with its pair and the enrolment its probe photo came from (NotFound when there is none).
 
-    ``probe_*`` is the first enrolment with the probe photo, ``cand_*`` the first with the
-    candidate photo: what a case of that pair would show. ``truth_uin`` is the identity a
-    right duplicate decision names (the source case's).
+    ``probe_*`` is the source case's enrolment and ``truth_uin`` the identity a right
+    duplicate decision names (the source case's decision). A pair without a source case
+    falls back on the first enrolments with its photos (``cand_*`` is the candidate's); only
+    then are enrolments searched by photo, which no index serves.
     """
     row = conn.execute(
         f"""SELECT k.*, (k.status = 'open' AND k.lease_until > now()) AS held, p.probe_sha256, p.candidate_sha256,
-                   p.score, p.truth, p.source_case, pe.enrolment_pk AS probe_pk, pe.centre_id AS probe_centre_id,
-                   pe.enrolment_id AS probe_enrolment_id, pe.captured_at AS probe_captured_at,
+                   p.score, p.truth, p.source_case,
+                   coalesce(se.enrolment_pk, pe.enrolment_pk) AS probe_pk, coalesce(se.centre_id, pe.centre_id) AS probe_centre_id,
+                   coalesce(se.enrolment_id, pe.enrolment_id) AS probe_enrolment_id,
+                   coalesce(se.captured_at, pe.captured_at) AS probe_captured_at,
                    ce.centre_id AS cand_centre_id, ce.enrolment_id AS cand_enrolment_id, ce.state AS cand_state,
-                   ce.uin AS cand_uin, coalesce(sc.duplicate_of, ce.uin) AS truth_uin
+                   ce.uin AS cand_uin, CASE WHEN sc.case_id IS NULL THEN ce.uin ELSE sc.duplicate_of END AS truth_uin
             FROM control_cases k JOIN control_pairs p USING (pair_id)
             LEFT JOIN cases sc ON sc.case_id = p.source_case
+            LEFT JOIN enrolments se ON se.enrolment_pk = sc.enrolment_pk
             LEFT JOIN LATERAL (SELECT enrolment_pk, centre_id, enrolment_id, captured_at FROM enrolments
-                               WHERE photo_sha256 = p.probe_sha256 ORDER BY enrolment_pk LIMIT 1) pe ON true
+                               WHERE sc.case_id IS NULL AND photo_sha256 = p.probe_sha256 ORDER BY enrolment_pk LIMIT 1) pe ON true
             LEFT JOIN LATERAL (SELECT centre_id, enrolment_id, state, coalesce(uin, duplicate_of) AS uin FROM enrolments
-                               WHERE photo_sha256 = p.candidate_sha256 ORDER BY enrolment_pk LIMIT 1) ce ON true
+                               WHERE sc.case_id IS NULL AND photo_sha256 = p.candidate_sha256 ORDER BY enrolment_pk LIMIT 1) ce ON true
             WHERE k.case_id = %s {"FOR UPDATE OF k" if lock else ""}""",
         (case_id,),
     ).fetchone()

@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
-from dedup.errors import StoreError
+from dedup.errors import ConfigError, StoreError
 
 EMBEDDED_DIR = "pg"
 EMBEDDED_DATABASE = "dedup"
@@ -58,6 +60,34 @@ class Database:
         finally:
             conn.close()
 
+    def pool(self, size: int, timeout: float, reserved: int) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+        """A pool of at most ``size`` connections like :meth:`connect`'s (opened here).
+
+        Refused (ConfigError) unless the server's ``max_connections`` leaves ``reserved``
+        connections beside the pool and PostgreSQL's superuser reserve, for ``dedup run``,
+        the CLI and other processes. A request waits ``timeout`` seconds for a free
+        connection, then gets ``psycopg_pool.PoolTimeout``.
+        """
+        with self.session() as conn:
+            limit = int(conn.execute("SHOW max_connections").fetchone()["max_connections"])  # type: ignore[index]
+            kept = int(conn.execute("SHOW superuser_reserved_connections").fetchone()["superuser_reserved_connections"])  # type: ignore[index]
+        if size + reserved > limit - kept:
+            raise ConfigError(f"web.db_pool_size {size} + web.db_reserved_connections {reserved} is more than the database's "
+                              f"max_connections {limit} less {kept} reserved for superusers; lower them or raise max_connections")
+        pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            self.url, kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 10}, min_size=1, max_size=size,
+            timeout=timeout, configure=_utc, check=ConnectionPool.check_connection, open=False, name="dedup-web")
+        try:
+            pool.open(wait=True, timeout=30)
+        except psycopg.Error as exc:
+            pool.close()
+            raise StoreError(f"cannot connect to the database ({_redact(self.url)}): {_first_line(exc)}") from None
+        return pool
+
+
+def _utc(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET TIME ZONE 'UTC'")
+
 
 def embedded_database(home: Path, create: bool = False) -> Database:
     """Start (or join) the embedded server of the deployment in ``home`` and return it.
@@ -73,7 +103,7 @@ def embedded_database(home: Path, create: bool = False) -> Database:
         pgserver = _import_pgserver()
         try:
             server = pgserver.get_server(pgdata, cleanup_mode="stop")
-        except Exception as exc:  # pgserver raises CalledProcessError, RuntimeError, ...
+        except Exception as exc:  # noqa: BLE001 - pgserver raises CalledProcessError, RuntimeError, ...
             raise StoreError(f"cannot start the embedded PostgreSQL in {pgdata}: {_first_line(exc)}; see {pgdata / 'log'}") from None
         _servers[pgdata] = server
     admin_url = server.get_uri("postgres")

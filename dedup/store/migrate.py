@@ -91,7 +91,8 @@ def check_current(conn: psycopg.Connection[Any]) -> None:
     have = applied(conn)
     missing = [m.name for m in available() if m.version not in have]
     if missing:
-        raise StoreError(f"the database schema is behind this dedup ({', '.join(missing)} not applied); run `dedup init` on the deployment again")
+        raise StoreError(f"the database schema is behind this dedup ({', '.join(missing)} not applied); "
+                         "run `dedup init` on the deployment again")
 
 
 def _ensure_table(conn: psycopg.Connection[Any]) -> None:

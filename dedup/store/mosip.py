@@ -8,9 +8,10 @@ neither did. Schema: ``schemas/sql/0005_mosip.sql``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -34,7 +35,15 @@ class Answer:
 
 def try_serve_lock(conn: psycopg.Connection[Any]) -> bool:
     """Take the one-consumer lock for the life of ``conn``; False when another consumer holds it."""
-    return bool(conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (SERVE_LOCK,)).fetchone()["ok"])
+    return bool(_one(conn, "SELECT pg_try_advisory_lock(%s) AS ok", (SERVE_LOCK,))["ok"])
+
+
+def serve_lock_held(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a consumer holds the one-consumer lock now (taken and released at once if free)."""
+    if try_serve_lock(conn):
+        conn.execute("SELECT pg_advisory_unlock(%s)", (SERVE_LOCK,))
+        return False
+    return True
 
 
 def stored_response(conn: psycopg.Connection[Any], request_id: str) -> tuple[dict[str, Any], str] | None:
@@ -72,7 +81,7 @@ def references_of_rows(conn: psycopg.Connection[Any], row_ids: Iterable[int]) ->
 
 def active_count(conn: psycopg.Connection[Any]) -> int:
     """Active referenceIds (REFERENCE_COUNT; the gallery size for thresholds)."""
-    return int(conn.execute("SELECT count(*) AS n FROM mosip_references WHERE state = 'active'").fetchone()["n"])
+    return int(_one(conn, "SELECT count(*) AS n FROM mosip_references WHERE state = 'active'")["n"])
 
 
 def _insert_answer(conn: psycopg.Connection[Any], a: Answer) -> bool:
@@ -130,7 +139,7 @@ def mark_sent(conn: psycopg.Connection[Any], request_id: str) -> None:
 
 def unsent_count(conn: psycopg.Connection[Any]) -> int:
     """Responses stored but not yet confirmed sent (the consumer stopped between the two)."""
-    return int(conn.execute("SELECT count(*) AS n FROM mosip_requests WHERE sent_at IS NULL").fetchone()["n"])
+    return int(_one(conn, "SELECT count(*) AS n FROM mosip_requests WHERE sent_at IS NULL")["n"])
 
 
 # ---------------------------------------------------------------------------- status
@@ -151,12 +160,13 @@ def set_last_error(conn: psycopg.Connection[Any], message: str) -> None:
 
 def status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """Counts and the consumer's last heartbeat and error, for ``dedup abis status``."""
-    st = conn.execute("SELECT pid, started_at, heartbeat_at, working_on, pending, last_error, last_error_at FROM mosip_status WHERE id = 1").fetchone() or {}
+    st = conn.execute("""SELECT pid, started_at, heartbeat_at, working_on, pending, last_error, last_error_at
+                         FROM mosip_status WHERE id = 1""").fetchone() or {}
     ops = conn.execute("""SELECT operation, return_value, count(*) AS n FROM mosip_requests
                           GROUP BY operation, return_value ORDER BY operation, return_value""").fetchall()
     failures = conn.execute("""SELECT failure_reason, count(*) AS n FROM mosip_requests WHERE failure_reason IS NOT NULL
                                GROUP BY failure_reason ORDER BY failure_reason""").fetchall()
-    last = conn.execute("SELECT max(answered_at) AS t, count(*) AS n FROM mosip_requests").fetchone()
+    last = _one(conn, "SELECT max(answered_at) AS t, count(*) AS n FROM mosip_requests")
     return {
         "references": active_count(conn),
         "requests_answered": int(last["n"]),
@@ -168,6 +178,13 @@ def status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "last_error": st.get("last_error"),
         "last_error_at": st.get("last_error_at"),
     }
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """The one row an aggregate query returns."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return dict(row)
 
 
 def _json(value: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ after a crash. One runner per database (``store.locks.try_run_lock``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -69,10 +70,39 @@ def reject_enrolment(conn: psycopg.Connection[Any], enrolment_pk: int, reason: s
                  (reason, detail, enrolment_pk))
 
 
-def mark_unit_decided(conn: psycopg.Connection[Any], unit_id: int, model_id: str) -> None:
-    """Record that every enrolment of the unit was decided (in the caller's transaction)."""
-    conn.execute("UPDATE run_units SET state = 'decided', model_id = %s, updated_at = now() WHERE unit_id = %s",
-                 (model_id, unit_id))
+@dataclass(frozen=True)
+class UnitThreshold:
+    """The threshold a unit's enrolments were judged at, and what it rested on."""
+
+    value: float
+    source: str
+    basis: str
+    gallery_size: int
+    fpir: float | None
+
+
+def mark_unit_decided(conn: psycopg.Connection[Any], unit_id: int, model_id: str,
+                      threshold: UnitThreshold | None = None) -> None:
+    """Record that every enrolment of the unit was decided, and at which threshold (in the caller's transaction)."""
+    t = threshold
+    conn.execute(
+        """UPDATE run_units SET state = 'decided', model_id = %s, threshold = %s, threshold_source = %s,
+               threshold_basis = %s, threshold_gallery_size = %s, threshold_fpir = %s, updated_at = now()
+           WHERE unit_id = %s""",
+        (model_id, None if t is None else t.value, None if t is None else t.source, None if t is None else t.basis,
+         None if t is None else t.gallery_size, None if t is None else t.fpir, unit_id))
+
+
+def last_threshold(conn: psycopg.Connection[Any], model_id: str) -> UnitThreshold | None:
+    """The threshold of the most recently decided unit of ``model_id`` (None before the first)."""
+    row = conn.execute(
+        """SELECT threshold, threshold_source, threshold_basis, threshold_gallery_size, threshold_fpir FROM run_units
+           WHERE state <> 'claimed' AND model_id = %s AND threshold IS NOT NULL ORDER BY unit_id DESC LIMIT 1""",
+        (model_id,)).fetchone()
+    if row is None:
+        return None
+    return UnitThreshold(float(row["threshold"]), str(row["threshold_source"]), str(row["threshold_basis"]),
+                         int(row["threshold_gallery_size"]), None if row["threshold_fpir"] is None else float(row["threshold_fpir"]))
 
 
 def mark_unit_done(conn: psycopg.Connection[Any], unit_id: int) -> None:

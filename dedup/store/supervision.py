@@ -86,7 +86,8 @@ class AuditQuery:
 def search_audit(conn: psycopg.Connection[Any], actor: Actor, q: AuditQuery) -> list[AuditRow]:
     """Audit rows matching the filters, newest first (supervisor, admin)."""
     authorize(actor, "audit.read")
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if q.actor:
         where.append("actor = %s")
         params.append(q.actor)

@@ -122,6 +122,7 @@ def add_user(conn: psycopg.Connection[Any], actor: Actor, name: str, role: str, 
         except psycopg.errors.CheckViolation:
             raise InvalidParameter(f"user name {name!r} is not valid: 1-64 letters, digits, '.', '_', '@' or '-'") from None
         audit.record(conn, actor.name, "user.add", "user", name, {"role": role, "centre_id": centre_id})
+    assert row is not None  # INSERT ... RETURNING gives a row
     return User(**row)
 
 
@@ -140,9 +141,10 @@ def disable_user(conn: psycopg.Connection[Any], actor: Actor, name: str) -> User
             raise NotFound(f"unknown user {name!r}")
         if row["role"] == "admin" and row["active"]:
             conn.execute("SELECT name FROM users WHERE role = 'admin' AND active FOR UPDATE").fetchall()
-            others = conn.execute(
+            counted = conn.execute(
                 "SELECT count(*) AS n FROM users WHERE role = 'admin' AND active AND name <> %s", (name,)
-            ).fetchone()["n"]
+            ).fetchone()
+            others = counted["n"] if counted is not None else 0
             if others == 0:
                 raise Conflict(f"{name!r} is the last active admin; add another admin first")
         row = conn.execute("UPDATE users SET active = false WHERE name = %s RETURNING *", (name,)).fetchone()
@@ -151,6 +153,7 @@ def disable_user(conn: psycopg.Connection[Any], actor: Actor, name: str) -> User
             (name,),
         ).fetchall()
         audit.record(conn, actor.name, "user.disable", "user", name, {"released_cases": [r["case_id"] for r in released]})
+    assert row is not None  # the row was locked above
     return User(**row)
 
 

@@ -23,12 +23,13 @@ from pydantic import BaseModel, Field
 from python_multipart.multipart import MultipartParser
 from starlette.concurrency import run_in_threadpool
 
-from dedup.errors import BadInput, DedupError, NotFound
+from dedup.errors import BadInput, DedupError
 from dedup.ingest.submit import submit_batch
 from dedup.store import audit, batches
 from dedup.store.batches import BatchOutcomes, EnrolmentOutcomes, Receipt
 from dedup.store.users import Actor, authorize
 from dedup.web.deps import Centre, Conn, Ctx, WebContext
+from dedup.web.limits import timed_chunks
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 router = APIRouter(prefix="/api/v1", tags=["centres"])
@@ -59,14 +60,14 @@ class TooLarge(DedupError):
 class ErrorBody(BaseModel):
     """Every error: a stable code and a sentence for people."""
 
-    error: str = Field(description="unauthenticated, forbidden, not_found, conflict, bad_request, too_large, unavailable or internal_error")
+    error: str = Field(description="unauthenticated, forbidden, not_found, conflict, bad_request, timeout, too_large, "
+                                   "too_many_requests, unavailable or internal_error")
     message: str
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no token, or an unknown or revoked one"},
-    403: {"model": ErrorBody, "description": "not this centre's batch, or not a centre's token"},
-    404: {"model": ErrorBody, "description": "no such batch or enrolment"},
+    404: {"model": ErrorBody, "description": "no such batch or enrolment at this centre (another centre's answers the same)"},
 }
 
 _UPLOAD_BODY = {
@@ -98,23 +99,26 @@ _UPLOAD_BODY = {
                         400: {"model": ErrorBody, "description": "not a Parquet manifest, wrong schema, bad upload"},
                         401: ERRORS[401],
                         403: {"model": ErrorBody, "description": "this manifest was already received from another centre"},
-                        413: {"model": ErrorBody, "description": "over the upload limit"}},
+                        408: {"model": ErrorBody, "description": "the body came too slowly (web.body_idle_timeout, web.body_timeout)"},
+                        413: {"model": ErrorBody, "description": "over the upload limit"},
+                        429: {"model": ErrorBody, "description": "this centre already has web.uploads_per_token uploads in progress"}},
              openapi_extra={"requestBody": _UPLOAD_BODY})
 async def submit(request: Request, response: Response, ctx: Ctx, actor: Centre) -> Receipt:
     """Validate every row, keep the good ones, return the receipt (201; 200 when already received)."""
     authorize(actor, "batch.submit")
-    folder = _upload_folder(ctx.dep.store)
-    try:
-        manifest = await _receive(request, folder, ctx.dep.settings.web.max_upload_bytes, ctx.dep.settings.store.max_photo_bytes)
-        receipt, new = await run_in_threadpool(_submit, ctx, actor, manifest)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with ctx.uploads.slot(actor.name):  # no database connection is held while the body streams in
+        folder = _upload_folder(ctx.dep.store)
+        try:
+            manifest = await _receive(request, folder, ctx.dep.settings.web.max_upload_bytes, ctx.dep.settings.store.max_photo_bytes)
+            receipt, new = await run_in_threadpool(_submit, ctx, actor, manifest)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     response.status_code = 201 if new else 200
     return receipt
 
 
 def _submit(ctx: WebContext, actor: Actor, manifest: Path) -> tuple[Receipt, bool]:
-    with ctx.dep.database.session() as conn:
+    with ctx.connection() as conn:
         return submit_batch(ctx.dep, conn, actor, manifest)
 
 
@@ -123,9 +127,8 @@ def _submit(ctx: WebContext, actor: Actor, manifest: Path) -> tuple[Receipt, boo
 def get_receipt(batch_id: str, conn: Conn, actor: Centre) -> Receipt:
     authorize(actor, "batch.report")
     receipt = batches.get_receipt(conn, batch_id)
-    if receipt is None:
-        raise NotFound(f"no batch {batch_id!r}")
-    batches.check_batch_access(actor, receipt.centre_id, batch_id)
+    batches.check_batch_readable(conn, actor, None if receipt is None else receipt.centre_id, batch_id, receipt is not None)
+    assert receipt is not None
     with conn.transaction():
         audit.record(conn, actor.name, "batch.receipt", "batch", batch_id, {"via": "api"})
     return receipt
@@ -166,7 +169,7 @@ async def _receive(request: Request, folder: Path, max_total: int, max_photo: in
         path = folder / "manifest.parquet"
         total = 0
         with _private_file(path) as f:
-            async for chunk in request.stream():
+            async for chunk in _body(request):
                 total += len(chunk)
                 if total > max_total:
                     raise TooLarge(f"the upload is over the limit of {max_total} bytes (web.max_upload_bytes)")
@@ -255,7 +258,7 @@ async def _receive_multipart(request: Request, folder: Path, max_total: int, max
     parser = MultipartParser(m.group(1), callbacks)  # type: ignore[arg-type]
     total = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _body(request):
             total += len(chunk)
             if total > max_total:
                 raise TooLarge(f"the upload is over the limit of {max_total} bytes (web.max_upload_bytes)")
@@ -263,7 +266,7 @@ async def _receive_multipart(request: Request, folder: Path, max_total: int, max
                 parser.write(chunk)
             except DedupError:
                 raise
-            except Exception as exc:  # python-multipart's parse errors
+            except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors have no common base
                 raise BadInput(f"malformed multipart body ({type(exc).__name__})") from None
         parser.finalize()
     finally:
@@ -271,6 +274,12 @@ async def _receive_multipart(request: Request, folder: Path, max_total: int, max
     if writer.manifest is None:
         raise BadInput("the upload has no 'manifest' part")
     return writer.manifest
+
+
+def _body(request: Request) -> Any:
+    """The request body's chunks, cut off after ``web.body_idle_timeout`` of silence or ``web.body_timeout`` in all."""
+    web = request.app.state.web.dep.settings.web
+    return timed_chunks(request.stream(), web.body_idle_timeout, web.body_timeout)
 
 
 def _disposition(header: str) -> tuple[str, str]:

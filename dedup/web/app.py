@@ -1,21 +1,27 @@
 """The FastAPI application: adjudicators' pages, supervisors' pages and the centres' JSON API.
 
 ``create_app(deployment)`` builds it; ``dedup serve`` runs it with uvicorn on 127.0.0.1 by
-default. Every request gets its own database connection (``deps``). Rules kept here for every route:
+default. Requests borrow connections from one pool of ``web.db_pool_size`` (``deps``); a
+failing client address is slowed, then refused (``limits.LoginThrottle``), and at most
+``web.login_concurrency`` password checks run at once. Rules kept here for every route:
 
 - pages need a session (401 without one), API routes a centre token (401 without one);
 - a role check (403) and, on every form post, the session's CSRF token (403 when missing);
-- domain errors become a status and a one-line message (400/403/404/409/503), any other
-  error a bare 500: no traceback, no request data, no photo in a page or a log line;
+- domain errors become a status and a one-line message (400/403/404/408/409/429/503), any
+  other error a bare 500: no traceback, no request data, no photo in a page or a log line,
+  no path of the server and no database address in a message;
 - every response carries ``Cache-Control: no-store`` and a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import psycopg
@@ -24,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import URLSafeTimedSerializer
+from psycopg_pool import PoolTimeout
 
 from dedup.bidi import for_display
 from dedup.deployment import Deployment
@@ -36,11 +43,13 @@ from dedup.errors import (
     NotFound,
     PermissionDenied,
     StoreError,
+    Throttled,
     Unauthenticated,
 )
-from dedup.web import api, pages
+from dedup.web import accuracy, api, pages
 from dedup.web.deps import WebContext
 from dedup.web.images import CropMaker
+from dedup.web.limits import LoginThrottle, UploadSlots
 from dedup.web.scoring import meaning_function
 from dedup.web.views import error_response
 
@@ -81,21 +90,50 @@ def secret_key(home: Path) -> bytes:
     return key
 
 
+def hide_paths(message: str, home: Path) -> str:
+    """``message`` with every path inside the deployment folder cut to its last part."""
+    roots = sorted({str(Path(home)), str(Path(home).resolve())}, key=len, reverse=True)
+    pattern = "|".join(re.escape(r) for r in roots)
+    return re.sub(rf"(?:{pattern})(?:/[^\s'\":,;)]*)?", lambda m: Path(m.group(0)).name or "(the deployment)", message)
+
+
 def create_app(dep: Deployment) -> FastAPI:
-    """The web app and API of a deployment."""
-    app = FastAPI(**api.API_META, docs_url=None, redoc_url=None, openapi_url=api.OPENAPI_PATH)
+    """The web app and API of a deployment (its database pool opens here)."""
+    web = dep.settings.web
+    signer = URLSafeTimedSerializer(secret_key(dep.home), salt="dedup-web")
+    meaning = meaning_function(dep.home, dep.settings)
+    pool = dep.database.pool(web.db_pool_size, web.db_pool_timeout, web.db_reserved_connections)  # last: nothing after it fails
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            pool.close()
+
+    app = FastAPI(**api.API_META, docs_url=None, redoc_url=None, openapi_url=api.OPENAPI_PATH, lifespan=lifespan)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.finalize = for_display  # bidirectional overrides in shown text are written out (dedup.bidi)
-    app.state.web = WebContext(dep, URLSafeTimedSerializer(secret_key(dep.home), salt="dedup-web"), CropMaker(dep.settings.face),
-                               meaning_function(dep.home, dep.settings), templates)
+    app.state.web = WebContext(dep, signer, CropMaker(dep.settings.face, web), meaning, templates, pool, LoginThrottle(web),
+                               UploadSlots(web))
+    logins = asyncio.Semaphore(web.login_concurrency)  # argon2 takes 64 MiB per check
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(accuracy.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.exception_handler(DedupError)
     async def domain_error(request: Request, exc: DedupError) -> Response:
         status = getattr(exc, "http_status", None) or next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
-        return error_response(request, status, str(exc))
+        if isinstance(exc, StoreError):
+            # The detail (a database address, a folder) is for the operator, not for whoever asked.
+            log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(request, 503, "the database or the photo store is not available; try again shortly "
+                                                "(the operator's log has the detail)")
+        response = error_response(request, status, hide_paths(str(exc), dep.home))
+        if isinstance(exc, Throttled) and exc.retry_after:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -104,8 +142,34 @@ def create_app(dep: Deployment) -> FastAPI:
 
     @app.exception_handler(psycopg.Error)
     async def database_error(request: Request, exc: psycopg.Error) -> Response:
+        if isinstance(exc, psycopg.DataError):  # a NUL byte or an out-of-range value typed by the client
+            return error_response(request, 400, "a value in the request cannot be used: it holds a NUL character "
+                                                "or is out of range")
         log.error("database error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        if isinstance(exc, PoolTimeout):
+            return error_response(request, 503, "the server is busy; try again shortly")
         return error_response(request, 503, "the database is not available; try again shortly")
+
+    @app.middleware("http")
+    async def login_throttle(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # Password guesses are slowed per client address, then refused, before the password is checked.
+        if request.method != "POST" or request.url.path != "/login":
+            return await call_next(request)
+        ctx: WebContext = request.app.state.web
+        address = request.client.host if request.client else "unknown"
+        try:
+            delay = ctx.throttle.before_attempt(address)
+        except Throttled as exc:
+            refused = error_response(request, 429, str(exc))
+            refused.headers["Retry-After"] = str(exc.retry_after)
+            return refused
+        if delay:
+            await asyncio.sleep(delay)
+        async with logins:
+            response = await call_next(request)
+        if response.status_code == 401:
+            ctx.throttle.failed(address)
+        return response
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -1,12 +1,15 @@
 """What a request depends on, as ``Annotated`` aliases for route signatures.
 
-``Ctx`` is the app's :class:`WebContext`, ``Conn`` a database connection for the request,
-``User`` the logged-in web user (401, the login form, without a session) and ``Centre`` the
-centre user an API token acts as (401 without a valid token).
+``Ctx`` is the app's :class:`WebContext`, ``Conn`` a connection from the app's pool for the
+request, ``User`` the logged-in web user (401, the login form, without a session) and
+``Centre`` the centre user an API token acts as (401 without a valid token). ``Centre``
+borrows a pooled connection only while it checks the token, unless the route holds one
+already: an upload holds no connection while its body streams in.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -15,6 +18,7 @@ import psycopg
 from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from psycopg_pool import ConnectionPool
 
 from dedup.deployment import Deployment
 from dedup.errors import PermissionDenied, Unauthenticated
@@ -22,6 +26,7 @@ from dedup.ingest.photos import PhotoStore, photo_store
 from dedup.store import auth
 from dedup.store.users import Actor
 from dedup.web.images import CropMaker
+from dedup.web.limits import LoginThrottle, UploadSlots
 from dedup.web.scoring import ScoreMeaning
 
 SESSION_COOKIE = "dedup_session"
@@ -30,17 +35,27 @@ LOGIN_COOKIE = "dedup_login"
 
 @dataclass
 class WebContext:
-    """What every request needs: the deployment, the cookie signer, the crop maker, score words."""
+    """What every request needs: the deployment, the cookie signer, the crop maker, score words,
+    the database pool and the per-client limits."""
 
     dep: Deployment
     signer: URLSafeTimedSerializer
     crops: CropMaker
     meaning: Callable[[float], ScoreMeaning]
     templates: Jinja2Templates
+    pool: ConnectionPool[psycopg.Connection[Any]]
+    throttle: LoginThrottle
+    uploads: UploadSlots
 
     @property
     def photos(self) -> PhotoStore:
         return photo_store(self.dep.store)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for the block (waits up to ``web.db_pool_timeout``)."""
+        with self.pool.connection() as conn:
+            yield conn
 
 
 @dataclass(frozen=True)
@@ -59,12 +74,13 @@ def context(request: Request) -> WebContext:
 
 
 def db(request: Request) -> Iterator[psycopg.Connection[Any]]:
-    """A database connection for one request."""
-    conn = context(request).dep.database.connect()
-    try:
-        yield conn
-    finally:
-        conn.close()
+    """A pooled database connection for one request."""
+    with context(request).connection() as conn:
+        request.state.conn = conn
+        try:
+            yield conn
+        finally:
+            request.state.conn = None
 
 
 Ctx = Annotated[WebContext, Depends(context)]
@@ -95,13 +111,17 @@ def current_user(request: Request, conn: Conn) -> WebUser:
     return WebUser(session.actor, session.csrf_token, session_id)
 
 
-def centre_actor(request: Request, conn: Conn) -> Actor:
+def centre_actor(request: Request) -> Actor:
     """The centre user the request's bearer token acts as (401 without a valid token)."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise Unauthenticated("send the centre's API token: Authorization: Bearer dk_...")
-    return auth.token_actor(conn, value)
+    held = getattr(request.state, "conn", None)
+    if held is not None:  # the route's own connection (declared before the token)
+        return auth.token_actor(held, value)
+    with context(request).connection() as conn:
+        return auth.token_actor(conn, value)
 
 
 User = Annotated[WebUser, Depends(current_user)]

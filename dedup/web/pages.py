@@ -16,6 +16,7 @@ from itsdangerous import BadSignature
 from dedup.adjudication import cases, controls, queue
 from dedup.errors import InvalidParameter, NotFound, PermissionDenied, Unauthenticated
 from dedup.store import auth, supervision
+from dedup.store.gallery import gallery_health
 from dedup.store.users import authorize
 from dedup.web.deps import LOGIN_COOKIE, SESSION_COOKIE, Conn, Ctx, User, check_csrf
 from dedup.web.images import for_browser
@@ -160,8 +161,9 @@ def release(case_id: int, conn: Conn, user: User,
 def supervisor_page(request: Request, conn: Conn, user: User) -> Response:
     rows = supervision.adjudicator_stats(conn, user.actor)
     counts = queue.queue_counts(conn, user.actor)
+    galleries = gallery_health(conn)  # issue 11: the gallery's health, from the last `dedup gallery verify`
     return render(request, "supervisor.html", {"user": user, "rows": rows, "counts": counts, "oldest": _age(counts["oldest_seconds"]),
-                                               "age": _age})
+                                               "age": _age, "galleries": galleries})
 
 
 @router.get("/supervisor/controls")

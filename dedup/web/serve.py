@@ -51,8 +51,10 @@ def serve(dep: Deployment, host: str, port: int, say: Callable[[str], None] = la
         say(f"warning: listening on {host}, reachable from other machines over plain HTTP; put a TLS proxy in front "
             "and set web.cookie_secure = true")
     say(f"dedup serve: http://{host}:{where[1]}/ (adjudicators) and http://{host}:{where[1]}/api/v1/ (centres); Ctrl-C stops")
+    web = dep.settings.web
     config = uvicorn.Config(app, log_level="info", access_log=True, server_header=False, proxy_headers=False, ws="none",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=web.keep_alive_seconds,
+                            limit_concurrency=web.max_http_connections)
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from dedup.web.deps import LOGIN_COOKIE, context
 
 ERROR_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found", 409: "conflict", 400: "bad_request",
-               413: "too_large", 503: "unavailable", 500: "internal_error"}
+               408: "timeout", 413: "too_large", 429: "too_many_requests", 503: "unavailable", 500: "internal_error"}
 
 
 def render(request: Request, template: str, values: dict[str, Any], status: int = 200) -> Response:

@@ -16,7 +16,8 @@ from dedup.bench.synth import SyntheticData, SynthSpec, get_profile, write_parqu
 from dedup.cli import app
 from dedup.config import load_settings
 from dedup.errors import ConfigError
-from dedup.evaluation.calibrate import apply_threshold, load_calibration, save_calibration, set_toml_value
+from dedup.evaluation.calibrate import apply_threshold, set_toml_value
+from dedup.modelcards.calibration_file import load_calibration, save_calibration
 
 runner = CliRunner()
 
@@ -95,6 +96,15 @@ def test_apply_threshold_is_atomic_and_validated(tmp_path: Path) -> None:
     s = load_settings(tmp_path, environ={})
     assert s.search.threshold == 0.93125 and s.search.nprobe == 8 and s.calibration.target_fpir == 0.002
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dedup.toml"]
+    # --apply's form: the target only, and an explicit threshold back to 0 (it follows the calibration).
+    apply_threshold(tmp_path, None, 0.003)
+    s = load_settings(tmp_path, environ={})
+    assert s.search.threshold == 0.0 and s.search.nprobe == 8 and s.calibration.target_fpir == 0.003
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dedup.toml").write_text("[search]\nnprobe = 8\n", encoding="utf-8")
+    apply_threshold(tmp_path / "other", None, 0.003)
+    assert tomllib.loads((tmp_path / "other" / "dedup.toml").read_text()) == {"search": {"nprobe": 8},
+                                                                             "calibration": {"target_fpir": 0.003}}
     (tmp_path / "dedup.toml").write_text("[search\n", encoding="utf-8")
     with pytest.raises(ConfigError):
         apply_threshold(tmp_path, 0.9, 0.001)
@@ -110,7 +120,7 @@ def test_calibration_file_round_trip(tmp_path: Path, labelled: dict[str, Path]) 
     imp = impostor_sample(data.vectors, data.identity, data.group, data.group_names, max_pairs=1_000_000)
     tail = fit_tail(imp, bootstrap=20)
     cal = calibrate(tail, None, 0.001, 50_000, data.model_id, imp)
-    save_calibration(tmp_path, cal, tail)
+    save_calibration(tmp_path, cal.to_dict(), tail)
     saved, tail2 = load_calibration(tmp_path)
     assert saved["threshold"] == cal.threshold
     ts = np.linspace(tail.u - 0.05, tail.u + 0.05, 11)

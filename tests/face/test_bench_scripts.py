@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.face.real_pairs import PhotosUnavailable, real_photos
+from tests.support.real_photos import PhotosUnavailable, real_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 

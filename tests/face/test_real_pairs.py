@@ -1,5 +1,5 @@
 """Real photographs of different captures of the same people (face_recognition 1.3.0's test
-photos, fetched into a cache; see tests/face/real_pairs.py): SFace separates them."""
+photos, fetched into a cache; see tests/support/real_photos.py): SFace separates them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 from dedup.config import FaceSettings
 from dedup.face.model import load_model
 from dedup.face.prepare import Preparer
-from tests.face.real_pairs import PhotosUnavailable, distinct_captures, genuine_pairs, impostor_pairs, real_photos, with_other_people
+from dedup.face.threshold import SFACE_COSINE_THRESHOLD
+from tests.support.real_photos import PhotosUnavailable, distinct_captures, genuine_pairs, impostor_pairs, real_photos, with_other_people
 
 SFACE = FaceSettings(workers=1, device="cpu", detector="retinaface", model="sface")
-# OpenCV Zoo's documented SFace operating point (cosine; models/face_recognition_sface/README).
-OPENCV_COSINE = 0.363
+# OpenCV Zoo's documented SFace operating point (cosine 0.363; models/face_recognition_sface/sface.py).
+OPENCV_COSINE = SFACE_COSINE_THRESHOLD
 
 
 @pytest.fixture(scope="module")

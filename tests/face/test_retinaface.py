@@ -13,8 +13,8 @@ from dedup.face.decode import decode_image
 from dedup.face.prepare import PhotoBytes, Preparer
 from dedup.face.retinaface import RetinaFace, decode, level_sizes, priors
 from tests.face.builtin_models import LIMITS, retinaface_reference, retinaface_session, shipped_retinaface, variants
-from tests.face.real_pairs import PhotosUnavailable, real_photos
 from tests.support.photos import encode, resize, side_by_side
+from tests.support.real_photos import PhotosUnavailable, real_photos
 
 TOL = 1e-4
 

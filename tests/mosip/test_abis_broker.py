@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from dedup.mosip.cbeff import OASIS_NAMESPACE, build_document
-from tests.mosip.conftest import ROOT, AbisEnv, make_partner
-from tests.mosip.driver import DROP, face_cbeff, now_time
+from tests.support.mosip import DROP, ROOT, AbisEnv, face_cbeff, make_partner, now_time
 
 REF: dict[str, str] = {}  # photo name -> referenceId inserted
 
@@ -218,8 +217,8 @@ def test_failure_reasons_of_fetching_and_reading_the_cbeff(abis: AbisEnv, faces:
     assert insert(abis.cbeff_url(b"\x00\x01 binary junk")) == "16"
     # No face BIR (fingers and irises only), a face marked as an exception, an empty document: 11.
     assert insert(abis.cbeff_url(build_document([]))) == "11"
-    from tests.mosip.driver import jpeg2000
     from dedup.mosip.iso19794_5 import build_record
+    from tests.support.mosip import jpeg2000
 
     record = build_record(jpeg2000(faces["grace"]), faces["grace"].shape[1], faces["grace"].shape[0])
     assert insert(abis.cbeff_url(build_document([record], exceptions=(0,)))) == "11"
@@ -276,6 +275,7 @@ def test_status_reports_counts_and_the_last_error(abis: AbisEnv) -> None:
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["broker_reachable"] is True and doc["consumer_running"] is True
+    assert doc["queue_depth"] == 0  # everything sent was answered
     assert doc["references"] >= 3 and doc["requests_answered"] > 20
     assert doc["failures"].get("12", 0) >= 3
     assert "failure" in (doc["last_error"] or "")

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from dedup.faults import CRASH_EXIT_CODE
 from dedup.mosip import localbroker
-from tests.mosip.conftest import AbisEnv, make_env
-from tests.mosip.driver import face_cbeff, now_time
+from tests.support.mosip import AbisEnv, face_cbeff, make_env, now_time
 from tests.support.pg import create_database, drop_database
 
 
@@ -83,8 +82,19 @@ def test_kill_9_mid_stream_then_restart_answers_every_request_once(plain: AbisEn
     while sum(1 for i in ids if m.responses.get(i)) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     plain.kill()  # kill -9 mid-stream
+    time.sleep(0.5)  # responses committed before the kill are still on their way to the driver
     answered_before = sum(1 for i in ids if m.responses.get(i))
     assert 3 <= answered_before < len(ids)
+    # With the consumer dead, status sees it stopped and what waits in the broker.
+    from dedup.deployment import open_deployment
+    from dedup.mosip.status import report
+
+    dep = open_deployment(plain.home)
+    deadline = time.monotonic() + 20
+    while (st := report(dep))["consumer_running"] and time.monotonic() < deadline:
+        time.sleep(0.2)  # PostgreSQL ends the dead consumer's session (and its lock) when it notices
+    assert st["consumer_running"] is False and st["broker_reachable"] is True
+    assert st["queue_depth"] == len(ids) - answered_before
     plain.start()
     for i in ids:
         m.wait(i, 180)

@@ -16,8 +16,7 @@ from dedup.errors import BrokerError, MosipFailure
 from dedup.mosip import cbeff, crypto, iso19794_5, messages
 from dedup.mosip.consumer import Frame, broker_hosts, expired
 from dedup.mosip.datashare import AuthConfig, TokenCache, _error_codes
-from tests.mosip.conftest import make_partner
-from tests.mosip.driver import face_cbeff, jpeg2000
+from tests.support.mosip import face_cbeff, jpeg2000, make_partner
 
 GOOD = {"id": "mosip.abis.insert", "ver": "1.1", "requestId": "r1", "requesttime": "2020-03-29T07:01:24.692Z",
         "referenceId": "ref", "referenceURL": "http://x/y"}

@@ -1,6 +1,8 @@
 """Calibration on a live deployment: `dedup calibrate` samples impostor pairs from the gallery
-of accepted identities and `--apply` records it (audit row, dedup.toml); `dedup run` warns
-once the gallery has outgrown the calibrated threshold.
+of accepted identities and `--apply` records it (audit row, calibration.json, the deployment's
+model card, the target in dedup.toml); the threshold then follows the calibration at the
+gallery's size. An explicit `search.threshold` the gallery has outgrown is a warning of every
+run (stderr, `--json` warnings, audit row).
 
 The accepted identities here are real enrolments (submitted through `dedup submit`, UINs
 issued in PostgreSQL) whose gallery templates are face-like synthetic vectors under the
@@ -17,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from tests.support.cli import Cli
+from tests.support.live import accepted_gallery, audit_rows
 from tests.support.manifests import write_batch
 
 ACCEPTED = 40           # accepted identities; one of them is not in the gallery yet
@@ -32,36 +33,7 @@ FAST = {"DEDUP_INDEX_TRAIN_SIZE": "1000", "DEDUP_FACE_WORKERS": "1", "DEDUP_CALI
 @pytest.fixture
 def live(deployment: Cli, database_url: str, tmp_path: Path, photos: dict[str, Path]) -> dict[str, Any]:
     """A deployment with 40 accepted identities, one enrolment in adjudication and 2000 synthetic rows."""
-    from dedup.deployment import open_deployment
-    from dedup.face.model import ModelSpec, model_id_for
-    from dedup.pipeline import ensure_gallery, fill_synthetic, gallery_name, synthetic_sample
-    from dedup.store.identities import issue_uin
-
-    rows = [{"enrolment_id": f"P{i:03d}", "centre_id": "C1", "photo": "camera"} for i in range(ACCEPTED + 1)]
-    receipt = deployment.json("submit", str(write_batch(tmp_path / "b", rows, photos)), user="c1")
-    assert receipt["accepted"] == ACCEPTED + 1
-    with psycopg.connect(database_url, row_factory=dict_row) as conn:
-        pks = [r["enrolment_pk"] for r in conn.execute("SELECT enrolment_pk FROM enrolments ORDER BY enrolment_pk")]
-        with conn.transaction():
-            for pk in pks[:ACCEPTED]:
-                issue_uin(conn, pk, "test")
-            conn.execute("UPDATE enrolments SET state = 'adjudication' WHERE enrolment_pk = %s", (pks[ACCEPTED],))
-    dep = open_deployment(deployment.home)
-    spec = ModelSpec.from_settings(dep.settings.face)
-    model_id = model_id_for(spec)
-    assert fill_synthetic(dep, SYNTHETIC, model_id, spec.output_dim) == SYNTHETIC
-    vectors = synthetic_sample(spec.output_dim, ACCEPTED, seed=5)
-    in_gallery = pks[: ACCEPTED - 1]            # the last accepted one was decided but not added yet
-    pending = vectors[:1]                       # the enrolment in adjudication: a copy of the first identity's template
-    gallery = ensure_gallery(dep, model_id, spec.output_dim)
-    gallery.add(np.concatenate([vectors[: ACCEPTED - 1], pending]),
-                [gallery_name(pk) for pk in in_gallery] + [gallery_name(pks[ACCEPTED])], model_id=model_id)
-    return {"vectors": vectors[: ACCEPTED - 1], "model_id": model_id, "size": SYNTHETIC + ACCEPTED}
-
-
-def audit_rows(database_url: str, action: str) -> list[dict[str, Any]]:
-    with psycopg.connect(database_url, row_factory=dict_row) as conn:
-        return conn.execute("SELECT * FROM audit WHERE action = %s ORDER BY audit_id", (action,)).fetchall()
+    return accepted_gallery(deployment, database_url, tmp_path / "b", photos, ACCEPTED, SYNTHETIC)
 
 
 def test_live_sample_pairs_accepted_identities_only(deployment: Cli, live: dict[str, Any]) -> None:
@@ -97,51 +69,71 @@ def test_calibrate_apply_from_the_live_gallery(deployment: Cli, database_url: st
     text = toml.read_text()
     assert text.startswith(before.split("\n# tuned")[0]) and "# tuned by hand" in text
     settings = tomllib.loads(text)
-    assert settings["search"] == {"nprobe": 24, "threshold": math.ceil(doc["threshold"] * 1e6) / 1e6}
+    assert settings["search"] == {"nprobe": 24}          # no threshold pinned: it follows the calibration
     assert settings["calibration"] == {"target_fpir": 0.01}
+    card = json.loads((deployment.home / "modelcard.json").read_text())
+    assert (card["model_id"], card["kind"], card["provenance"]["impostor_pairs"]) == (live["model_id"], "deployment",
+                                                                                      doc["impostor_pairs"])
+    assert "accepted identities" in card["provenance"]["data"] and card["provenance"]["synthetic"] is False
     assert settings["store"]["database_url"] == database_url
     [row] = audit_rows(database_url, "threshold.calibrate")
     assert (row["actor"], row["object_id"]) == ("admin", "search.threshold")
     assert row["detail"]["threshold"] == doc["threshold"] and row["detail"]["gallery_size"] == live["size"]
     assert json.loads((deployment.home / "calibration.json").read_text())["calibration"]["threshold"] == doc["threshold"]
 
-    # Calibrated for the gallery as it is: a run has nothing to warn about.
+    # Calibrated for the gallery as it is: a run has nothing to warn about, and it is in force.
+    from dedup.config import load_settings
+    from dedup.operating_point import threshold_in_force
+
     out = deployment.run("run", "--once", "--json", env=FAST)
     assert json.loads(out.stdout)["warnings"] == [] and "warning" not in out.stderr
     assert not audit_rows(database_url, "run.threshold_warning")
+    now = threshold_in_force(live["model_id"], live["size"], load_settings(deployment.home), deployment.home)
+    assert now.source == "deployment-calibration" and doc["threshold_ci"][1] <= now.value < doc["threshold_ci"][1] + 1e-4
 
 
-def test_run_warns_when_the_gallery_has_outgrown_the_threshold(deployment: Cli, database_url: str,
-                                                               live: dict[str, Any]) -> None:
-    # Calibrated for a gallery of 100, then used on one of 2,040.
-    deployment.run("calibrate", "--apply", "--gallery-size", "100", "--json", env=FAST)
+def test_run_warns_when_the_gallery_has_outgrown_an_explicit_threshold(deployment: Cli, database_url: str,
+                                                                      live: dict[str, Any]) -> None:
+    from dedup.evaluation.calibrate import apply_threshold
+
+    # Calibrated for a gallery of 100, and that threshold pinned by hand; used on one of 2,040.
+    doc = deployment.json("calibrate", "--apply", "--gallery-size", "100", env=FAST)
+    apply_threshold(deployment.home, doc["threshold"], 0.001)
     out = deployment.run("run", "--once", "--json", env=FAST)
     [warning] = json.loads(out.stdout)["warnings"]
-    assert f"the gallery ({live['size']:,}) has outgrown threshold" in warning and "dedup calibrate --apply" in warning
+    pinned = math.ceil(doc["threshold"] * 1e6) / 1e6
+    assert f"search.threshold {pinned:.4f} implies FPIR" in warning and f"at gallery size {live['size']:,}" in warning
+    assert "above the target 0.001" in warning and "this deployment's calibration" in warning
     assert f"warning: {warning}" in out.stderr
     [row] = audit_rows(database_url, "run.threshold_warning")
     assert row["detail"]["gallery_size"] == live["size"] and row["detail"]["fpir"] > row["detail"]["target_fpir"]
+    assert row["detail"]["source"] == "setting" and row["detail"]["threshold"] == pinned
     human = deployment.run("run", "--once", env=FAST)                 # without --json: on stderr, once
-    assert human.stderr.count("warning: the gallery") == 1
+    assert human.stderr.count("warning: search.threshold") == 1
     assert len(audit_rows(database_url, "run.threshold_warning")) == 2  # one per run
 
 
 def test_run_warns_when_its_own_enrolments_outgrow_the_threshold(deployment: Cli, database_url: str, tmp_path: Path,
                                                                  live: dict[str, Any]) -> None:
-    """The check after a unit enters the gallery: a target met at 2,040 rows and missed at 2,042."""
+    """The check after a unit enters the gallery: a pinned threshold that meets the target at
+    2,040 rows and misses it at 2,042."""
     import matplotlib.cbook
     from PIL import Image
 
-    from dedup.evaluation.calibrate import apply_threshold, check_deployment_threshold, load_calibration
+    from dedup.config import load_settings
+    from dedup.evaluation.calibrate import apply_threshold
     from dedup.evaluation.tail import fpir_from_fmr
+    from dedup.modelcards.calibration_file import load_calibration
+    from dedup.operating_point import threshold_in_force
 
     deployment.run("calibrate", "--apply", "--json", env=FAST)
     cal, tail = load_calibration(deployment.home)
     t = math.ceil(cal["threshold"] * 1e6) / 1e6
     target = float(fpir_from_fmr(tail.fmr(t), live["size"] + 1))   # between FPIR at 2,040 and at 2,042
     apply_threshold(deployment.home, t, target)
-    assert check_deployment_threshold(deployment.home, live["size"]).ok
-    assert not check_deployment_threshold(deployment.home, live["size"] + 2).ok
+    settings = load_settings(deployment.home)
+    assert not threshold_in_force(live["model_id"], live["size"], settings, deployment.home).warnings
+    assert threshold_in_force(live["model_id"], live["size"] + 2, settings, deployment.home).warnings
     from skimage import data
 
     folder = tmp_path / "faces"
@@ -156,6 +148,6 @@ def test_run_warns_when_its_own_enrolments_outgrow_the_threshold(deployment: Cli
     doc = json.loads(out.stdout)
     assert doc["enrolments"] == 2 and doc["rejected"] == 0
     [warning] = doc["warnings"]
-    assert f"the gallery ({live['size'] + 2:,}) has outgrown" in warning
+    assert f"at gallery size {live['size'] + 2:,}" in warning
     [row] = audit_rows(database_url, "run.threshold_warning")
     assert row["detail"]["gallery_size"] == live["size"] + 2

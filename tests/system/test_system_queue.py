@@ -191,5 +191,6 @@ def test_queue_next_serves_control_pairs_as_the_web_does(deployment: Cli, databa
     # the real case kept waiting; alice has seen the only pair, so her next claim is the real case
     assert deployment.json("queue", "list", user="sue") == waiting
     assert deployment.json("queue", "next", user="alice", env=always)["enrolment_id"] == ids[1]
-    trail = [(a["actor"], a["action"], a["detail"].get("control")) for a in deployment.json("audit", "--case", str(control["case_id"]), user="sue")]
+    trail = [(a["actor"], a["action"], a["detail"].get("control"))
+             for a in deployment.json("audit", "--case", str(control["case_id"]), user="sue")]
     assert trail[0] == ("alice", "case.claim", True) and trail[-1] == ("alice", "case.decide", True)

@@ -45,7 +45,10 @@ def test_centre_sees_only_its_own_batches(deployment: Cli, tmp_path: Path, photo
                                         {"enrolment_id": "E2", "centre_id": "C2", "photo": "camera"}], photos)
     receipt = deployment.json("submit", str(path), user="c1")
     assert [(i["status"], i["reason"]) for i in receipt["items"]] == [("accepted", None), ("rejected", "centre_not_permitted")]
-    assert "does not belong" in deployment.run("report", receipt["batch_id"], user="c2", code=5).stderr
+    # another centre's batch answers as one that does not exist
+    assert "no batch" in deployment.run("report", receipt["batch_id"], user="c2", code=6).stderr
+    deployment.run("status", "E2", user="c2", code=6)  # c1's row naming C2 is c1's, not C2's
+    assert [s["reason"] for s in deployment.json("status", "E2", user="c1")] == ["centre_not_permitted"]
     deployment.run("status", "E1", user="c2", code=6)  # not visible as theirs
     deployment.run("status", "E1", "--centre", "C1", user="c2", code=5)
     deployment.run("submit", str(path), user="c2", code=5)  # resubmitting someone else's batch does not reveal its receipt

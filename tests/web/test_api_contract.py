@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from .conftest import ROOT, Server, Site, manifest_bytes
+from tests.support.web import ROOT, Server, Site, manifest_bytes
 
 SCHEMA_FILE = ROOT / "schemas" / "openapi.json"
 
@@ -95,7 +97,7 @@ def test_every_operation_against_the_schema(site: Site, schema: dict[str, Any]) 
     for template, path in [("/api/v1/batches/{batch_id}", f"/api/v1/batches/{batch}"),
                            ("/api/v1/batches/{batch_id}/outcomes", f"/api/v1/batches/{batch}/outcomes")]:
         assert contract.check("GET", template, client.get(path))["error"] == "unauthenticated"
-        assert contract.check("GET", template, client.get(path, headers=c2))["error"] == "forbidden"
+        assert contract.check("GET", template, client.get(path, headers=c2))["error"] == "not_found"  # as for a batch that does not exist
         missing = path.replace(batch, "b00000000000000000000")
         assert contract.check("GET", template, client.get(missing, headers=c1))["error"] == "not_found"
     enrol = "/api/v1/enrolments/{enrolment_id}"
@@ -122,9 +124,45 @@ def test_every_operation_against_the_schema(site: Site, schema: dict[str, Any]) 
     finally:
         small.stop()
 
+    # beyond web.uploads_per_token uploads in progress: 429; a body that stops coming: 408
+    slow = Server(dataclasses.replace(site.dep, settings=site.dep.settings.replace("web", uploads_per_token=1, body_idle_timeout=3.0)))
+    try:
+        idle = _idle_upload(slow.url, c1)  # holds C1's one upload slot and sends nothing more
+        try:
+            time.sleep(0.5)
+            r = site.client(slow.url).post(post, content=body, headers={**c1, "Content-Type": "application/vnd.apache.parquet"})
+            assert r.status_code == 429 and contract.check("POST", post, r)["error"] == "too_many_requests"
+            r = _raw_response(idle)
+            assert r.status_code == 408 and contract.check("POST", post, r)["error"] == "timeout"
+        finally:
+            idle.close()
+    finally:
+        slow.stop()
+
     declared = {(method, path, status) for path, ops in schema["paths"].items() for method, op in ops.items()
                 for status in op["responses"] if status != "422"}
     assert declared - contract.seen == set(), f"operations/statuses never exercised: {sorted(declared - contract.seen)}"
+
+
+def _idle_upload(url: str, headers: dict[str, str]) -> socket.socket:
+    """A socket that began a batch upload of 1 MB and sent only its first 4 bytes."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    lines = ["POST /api/v1/batches HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items()),
+             "Content-Type: application/vnd.apache.parquet", "Content-Length: 1000000"]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\nPAR1").encode())
+    return sock
+
+
+def _raw_response(sock: socket.socket) -> httpx.Response:
+    """The response the server sends on ``sock`` (it closes the connection after it)."""
+    sock.settimeout(20)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *fields = head.decode("latin-1").split("\r\n")
+    return httpx.Response(int(status.split()[1]), headers=[tuple(f.split(": ", 1)) for f in fields], content=body)
 
 
 def test_schema_file_ships_with_the_package() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Site
+from tests.support.web import Site
 
 OK = (200, 201, 303)
 
@@ -40,7 +40,7 @@ def world(site: Site) -> dict[str, Any]:
 
 
 def _submit(site: Site, centre: str, enrolment: str, photo: str) -> str:
-    from .conftest import manifest_bytes
+    from tests.support.web import manifest_bytes
 
     body = manifest_bytes([(enrolment, centre, site.photos[photo])])
     r = site.client().post("/api/v1/batches", content=body, headers={
@@ -62,6 +62,7 @@ PAGES: list[tuple[str, str, dict[str, int]]] = [
     ("GET", "/supervisor", {"none": 401, "alice": 403, "bob": 403, "sue": 200, "root": 200}),
     ("GET", "/supervisor/controls", {"none": 401, "alice": 403, "bob": 403, "sue": 200, "root": 403}),
     ("GET", "/supervisor/audit", {"none": 401, "alice": 403, "bob": 403, "sue": 200, "root": 200}),
+    ("GET", "/supervisor/accuracy", {"none": 401, "alice": 403, "bob": 403, "sue": 200, "root": 200}),
 ]
 # form posts, with the session's CSRF token; each is also tried without it (403)
 FORMS: list[tuple[str, dict[str, str], dict[str, int]]] = [
@@ -151,7 +152,7 @@ def test_the_api_by_subject(site: Site, world: dict[str, Any]) -> None:
     r = site.client().post("/api/v1/batches", content=b"x", headers={"Content-Type": "application/vnd.apache.parquet"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     # a centre's token submits for its own centre only: another centre's rows are rejected row by row
-    from .conftest import manifest_bytes
+    from tests.support.web import manifest_bytes
 
     body = manifest_bytes([("X1", "C1", site.photos["cat"])])
     r = site.client().post("/api/v1/batches", content=body, headers={**c2, "Content-Type": "application/vnd.apache.parquet"})

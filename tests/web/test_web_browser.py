@@ -8,11 +8,12 @@ import dataclasses
 import os
 import re
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from .conftest import OUTPUT, PASSWORD, Server, Site
+from tests.support.web import OUTPUT, PASSWORD, Server, Site
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]

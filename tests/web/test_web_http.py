@@ -9,8 +9,7 @@ import re
 from PIL import Image
 
 from dedup.store.users import authenticate
-
-from .conftest import PASSWORD, Site, _hidden
+from tests.support.web import PASSWORD, Site, _hidden
 
 
 def test_login_sets_a_signed_httponly_samesite_cookie_and_needs_the_form_token(site: Site) -> None:
@@ -144,7 +143,7 @@ def test_release_returns_the_case_and_holders_only_act(site: Site) -> None:
 def test_control_pairs_look_like_cases_are_scored_and_change_nothing(site: Site, pg_server: object) -> None:
     import dataclasses
 
-    from .conftest import Server
+    from tests.support.web import Server
 
     site.clear_queue()
     known_dup, known_distinct = site.open_cases([("astronaut-2", "astronaut-1"), ("hopper-2", "astronaut-1")])

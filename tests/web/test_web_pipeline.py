@@ -13,8 +13,7 @@ import pytest
 
 from dedup.pipeline import Runner
 from dedup.store.users import SYSTEM
-
-from .conftest import Site, manifest_bytes, served_site
+from tests.support.web import Site, manifest_bytes, served_site
 
 
 @pytest.fixture(scope="module")

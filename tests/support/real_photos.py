@@ -6,21 +6,24 @@ Adam Geitgey). Its ``tests/test_images/`` folder holds photos of two people: Bar
 ``obama2.jpg`` re-encoded and ``obama_partial_face*.jpg`` are crops of ``obama.jpg``) and Joe
 Biden (``biden.jpg``). The package states no licence for the photos; they look like official
 White House photographs (US federal works are public domain, but the package does not say
-so). They are therefore fetched at test time into a cache, never committed or shipped.
+so). They are therefore fetched at set-up time (``make test`` runs ``python -m
+tests.support.real_photos``) into a cache, never committed or shipped; tests only read the cache.
 The sdist has no ``examples/`` folder (that exists in the GitHub repository only).
 
 Usage (tests, benchmarks, issue 13's threshold work)::
 
-    from tests.face.real_pairs import real_photos, genuine_pairs, impostor_pairs
+    from tests.support.real_photos import real_photos, genuine_pairs, impostor_pairs
     photos = real_photos()            # name -> RealPhoto (path, person, capture)
     photos = with_other_people(photos)  # + Eileen Collins, Grace Hopper (installed packages)
     genuine_pairs(photos)             # different captures of one person
     impostor_pairs(photos)            # one capture of each of two people
 
-The cache is ``$DEDUP_TEST_PHOTOS`` or ``~/.cache/dedup-test-photos``; the first call runs
-``pip download --no-deps --no-binary :all: face_recognition==1.3.0`` into it (the ordinary
-client, the package index only). :class:`PhotosUnavailable` is raised when it cannot be
-fetched (no registry): tests turn that into a skip with the reason.
+The cache is ``$DEDUP_TEST_PHOTOS`` or ``~/.cache/dedup-test-photos``; ``python -m
+tests.support.real_photos`` (set-up, run by ``make test``) runs ``pip download --no-deps
+--no-binary :all: face_recognition==1.3.0`` into it (the ordinary client, the package index
+only). Nothing is downloaded while tests run: :class:`PhotosUnavailable` is raised when the
+cache is empty (pytest run without the set-up step), and tests turn that into a skip naming
+the command to run.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ def _fetch(cache: Path) -> Path:
         if proc.returncode != 0 or not archive.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise PhotosUnavailable(f"pip download face_recognition==1.3.0 failed (package index unreachable?): {tail[0]}")
+    return _check(archive)
+
+
+def _check(archive: Path) -> Path:
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise PhotosUnavailable(f"{archive} has sha256 {digest}, not face_recognition 1.3.0's sdist; delete it to fetch again")
@@ -93,7 +100,11 @@ def real_photos() -> dict[str, RealPhoto]:
     cache = cache_dir()
     target = cache / _FOLDER
     if not all((target / name).is_file() for name in CATALOGUE):
-        archive = _fetch(cache)
+        archive = cache / SDIST
+        if not archive.is_file():
+            raise PhotosUnavailable(f"the real test photos are not in {cache}: run `make test`, or "
+                                    "`python -m tests.support.real_photos` to fetch them (set-up, once)")
+        _check(archive)
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(_FOLDER) and Path(m.name).name in CATALOGUE]
             tar.extractall(cache, members=members, filter="data")
@@ -135,3 +146,12 @@ def genuine_pairs(photos: dict[str, RealPhoto]) -> list[tuple[RealPhoto, RealPho
 def impostor_pairs(photos: dict[str, RealPhoto]) -> list[tuple[RealPhoto, RealPhoto]]:
     """Pairs of captures of two different people."""
     return [(a, b) for a, b in itertools.combinations(distinct_captures(photos), 2) if a.person != b.person]
+
+
+if __name__ == "__main__":  # set-up step: fetch the sdist into the cache (a no-op when there)
+    try:
+        _fetch(cache_dir())
+        print(f"real test photos: {len(real_photos())} in {cache_dir()}")
+    except PhotosUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,204 @@
+"""Threshold search of one shard: IVF-PQ proposals, exact re-rank, deepening.
+
+Two ways, same answer contract (``SearchParams``):
+
+- **fixed** (``fixed_search``): FAISS visits the probe's ``nprobe`` nearest lists and proposes
+  its ``depth`` best rows by PQ estimate; all are re-ranked exactly; a probe whose last
+  proposal is still at the threshold is searched again four times deeper, twice as wide.
+- **threshold-aware** (``threshold_search``, the default when the codec has measured
+  ``bounds``): the question is "is anything above t?", and most probes are new people far
+  from everyone. From the coarse distances alone, each probe visits only those of its
+  ``nprobe`` nearest lists within the codec's measured ``list_gap`` of its nearest one
+  (skipped lists are ``-1`` in one ``search_preassigned`` call per block, so no probe is
+  split off into a small call). Of the proposals, only rows whose PQ estimate is within the
+  measured ``est_error`` of the threshold distance are re-ranked, gathered from the memory
+  map in one sorted, vectorised read. Probes that must deepen continue as in the fixed
+  search (no list pruning there: deepening is the cautious path).
+
+Both round bounds the codec measured on its own training data (largest seen, never a fixed
+margin): a threshold below the measured grid falls back to the fixed search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dedup.index.bounds import search_preassigned
+from dedup.index.coarse import nearest_lists
+from dedup.index.params import SearchParams
+from dedup.index.results import Candidates
+
+_GATHER_PAIRS = 1 << 17  # (probe, row) slots gathered at once: 64 MiB of float32 at 128-d
+
+
+def even_blocks(n: int, block: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` blocks of about ``block`` probes covering ``0..n``; a short tail is
+    folded into the block before it, so no block is small enough to fall off BLAS speed."""
+    block = max(1, block)
+    bounds = list(range(0, n, block)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < block // 2:
+        del bounds[-2]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+@dataclass
+class _Found:
+    """(probe, row id, score) triples found so far, plus per-probe flags."""
+
+    n: int
+    probe: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.capped = np.zeros(self.n, dtype=bool)
+        self.searched = np.zeros(self.n, dtype=np.int64)
+
+    def add(self, probe: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> None:
+        self.probe.append(probe)
+        self.rows.append(rows)
+        self.scores.append(scores)
+
+    def result(self, max_candidates: int) -> Candidates:
+        if not self.probe:
+            return Candidates.from_pairs(self.n, np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                         np.zeros(0, np.float32), max_candidates, capped=self.capped,
+                                         searched_depth=self.searched)
+        return Candidates.from_pairs(self.n, np.concatenate(self.probe), np.concatenate(self.rows),
+                                     np.concatenate(self.scores), max_candidates, capped=self.capped,
+                                     searched_depth=self.searched)
+
+
+def rerank(vectors: Any, probes: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Exact float32 scores of each probe with the rows at ``positions`` where ``mask`` is set
+    (``-inf`` elsewhere). Only probes with something to re-rank are gathered, in one
+    fancy-indexed read of the memory map per chunk and one batched product."""
+    m, k = positions.shape
+    out = np.full((m, k), -np.inf, dtype=np.float32)
+    rows = np.flatnonzero(mask.any(axis=1))
+    per_chunk = max(1, _GATHER_PAIRS // max(k, 1))
+    for lo in range(0, rows.size, per_chunk):
+        r = rows[lo:lo + per_chunk]
+        sel = mask[r]
+        gathered = np.asarray(vectors[np.where(sel, positions[r], 0)], dtype=np.float32)
+        out[r] = np.where(sel, np.einsum("md,mkd->mk", probes[r], gathered), -np.inf)
+    return out
+
+
+def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarray, scores: np.ndarray,
+           params: SearchParams, depth: int, nprobe: int, depth_cap: int, found: _Found) -> np.ndarray:
+    """Decide one round from its proposals and their exact scores (``-inf``: not re-ranked):
+    record what is final; returns the probes to search deeper."""
+    live = shard.meta.live
+    nlist = int(shard.index.nlist)
+    t = params.threshold
+    found.searched[todo] = np.isfinite(scores).sum(axis=1)
+    valid = positions >= 0
+    n_valid = valid.sum(axis=1)
+    last = scores[np.arange(todo.size), np.maximum(n_valid - 1, 0)]
+    near = (n_valid > 0) & (last >= t - params.deepen_margin)
+    # A probe that already has max_candidates rows above the threshold is capped:
+    # searching deeper could only swap in rows the PQ ranked lower.
+    full = near & ((scores >= t).sum(axis=1) >= params.max_candidates)
+    found.capped[todo[full]] = True
+    can_go_deeper = (depth < depth_cap) or (nprobe < nlist)
+    deeper = near & ~full if can_go_deeper else np.zeros_like(near)
+    if not can_go_deeper:
+        # Depth ran out while rows were still near the threshold: report, don't hide.
+        found.capped[todo[near & (n_valid >= depth) & (depth < live)]] = True
+    hit = (scores >= t) & ~deeper[:, None]
+    hp, hk = np.nonzero(hit)
+    found.add(todo[hp], shard.row_ids[positions[hp, hk]], scores[hp, hk])
+    return todo[deeper]
+
+
+def _deepen(shard: Any, probes: np.ndarray, todo: np.ndarray, params: SearchParams, depth: int, nprobe: int,
+            depth_cap: int, found: _Found) -> None:
+    """The fixed search's rounds from ``depth``/``nprobe`` on, for the probes in ``todo``.
+
+    The coarse step is ours (``nearest_lists``), not FAISS's: FAISS switches between a BLAS
+    and a scalar distance loop by batch size, so the same probe could get other lists (and
+    rows) depending on how many probes happened to deepen with it."""
+    nlist = int(shard.index.nlist)
+    while todo.size:
+        dist, lists = nearest_lists(shard.index, probes[todo], nprobe)
+        _, positions = search_preassigned(shard.index, probes[todo], depth, lists, dist)
+        scores = rerank(shard.vectors, probes[todo], positions, positions >= 0)
+        todo = _round(shard, probes, todo, positions, scores, params, depth, nprobe, depth_cap, found)
+        depth = min(depth * 4, depth_cap)
+        nprobe = min(nprobe * 2, nlist)
+
+
+def _start(shard: Any, params: SearchParams) -> tuple[int, int, int]:
+    depth_cap = min(params.max_depth, shard.meta.live)
+    return min(params.depth, depth_cap), min(params.nprobe, int(shard.index.nlist)), depth_cap
+
+
+def fixed_search(shard: Any, probes: np.ndarray, params: SearchParams) -> Candidates:
+    """The fixed IVF-PQ threshold search (see the module docstring)."""
+    n = probes.shape[0]
+    found = _Found(n)
+    if shard.meta.live and n:
+        depth, nprobe, depth_cap = _start(shard, params)
+        _deepen(shard, probes, np.arange(n), params, depth, nprobe, depth_cap, found)
+    return found.result(params.max_candidates)
+
+
+def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
+                     coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+    """Threshold-aware search of one shard; ``coarse`` = ``(distances, lists)`` of at least
+    ``nprobe`` nearest lists per probe, sorted (computed here when not given).
+
+    Round one visits only the lists within the measured gap and re-ranks only proposals whose
+    estimate could reach the threshold (and each probe's last one). A probe with nothing at
+    or above the threshold there is finished: that is most probes. A probe with a hit may
+    have more rows above the threshold in the lists it skipped, so it is searched again
+    exactly as the fixed search's first round (all ``nprobe`` lists, every proposal
+    re-ranked; proposals from two calls are not merged, as 4-bit look-up tables are scaled
+    per call) and continues, deepening included, as the fixed search would. Its round-one
+    hits are kept as well.
+    """
+    n = probes.shape[0]
+    limits = params.bounds.at(params.threshold) if (params.early_exit and params.bounds is not None) else None
+    if limits is None or not shard.meta.live or not n:
+        return fixed_search(shard, probes, params)
+    gap, est_error = limits
+    t = params.threshold
+    depth, nprobe, depth_cap = _start(shard, params)
+    if coarse is None or coarse[1].shape[1] < nprobe:
+        coarse = nearest_lists(shard.index, probes, nprobe)
+    dist = np.ascontiguousarray(coarse[0][:, :nprobe])
+    lists = np.ascontiguousarray(coarse[1][:, :nprobe])
+    inside = dist - dist[:, :1] <= gap
+    est, positions = search_preassigned(shard.index, probes, depth, np.where(inside, lists, -1), dist)
+    reach = max(0.0, 2.0 - 2.0 * t) + est_error  # squared L2: estimates above this cannot reach t
+    scores = rerank(shard.vectors, probes, positions, _worth(positions, est, reach))
+    found = _Found(n)
+    hit = np.flatnonzero((scores >= t).any(axis=1))
+    if hit.size:
+        # A probe with a hit is searched as the fixed search would (its round-one hits kept).
+        hp, hk = np.nonzero(scores[hit] >= t)
+        found.add(hit[hp], shard.row_ids[positions[hit[hp], hk]], scores[hit[hp], hk])
+        wide = hit[~inside[hit].all(axis=1)]
+        if wide.size:
+            _, positions[wide] = search_preassigned(shard.index, probes[wide], depth, lists[wide], dist[wide])
+        scores[hit] = rerank(shard.vectors, probes[hit], positions[hit], positions[hit] >= 0)
+    todo = _round(shard, probes, np.arange(n), positions, scores, params, depth, nprobe, depth_cap, found)
+    if todo.size:
+        _deepen(shard, probes, todo, params, min(depth * 4, depth_cap), min(nprobe * 2, int(shard.index.nlist)),
+                depth_cap, found)
+    return found.result(params.max_candidates)
+
+
+def _worth(positions: np.ndarray, est: np.ndarray, reach: float) -> np.ndarray:
+    """Which proposals to re-rank: those whose estimate could reach the threshold, and each
+    probe's last proposal, whose exact score the deepening rule reads (as in the fixed search)."""
+    valid = positions >= 0
+    worth = valid & (est <= reach)
+    n_valid = valid.sum(axis=1)
+    has = n_valid > 0
+    worth[np.flatnonzero(has), n_valid[has] - 1] = True
+    return worth
