@@ -72,6 +72,7 @@ class SearchSettings:
     max_candidates: int = setting(100, "candidates kept per probe (highest exact scores); probes that hit it are reported as capped")
     deepen_margin: float = setting(0.0, "a probe is searched deeper while the exact score of its last PQ-ranked row is at or above threshold minus this margin")
     probe_block: int = setting(4096, "probes searched together in one block")
+    early_exit: bool = setting(False, "threshold-aware search (visit only the lists and re-rank only the rows that can reach the threshold, by bounds measured on the codec's training sample); off by default because on a codec trained on other templates than the gallery's (a new deployment's synthetic bootstrap) the bounds do not hold and real mates are missed: turn it on only after `dedup gallery compact --retrain` on the deployment's own templates")
 
     def __post_init__(self) -> None:
         require(-1.0 <= self.threshold <= 1.0, "threshold is a cosine: between -1 and 1")
@@ -308,7 +309,7 @@ class MosipSettings:
     inbound_queue: str = setting("mosip-to-abis", "queue MOSIP sends requests on (registration-processor-abis.json inboundQueueName)")
     outbound_queue: str = setting("abis-to-mosip", "queue responses go to (registration-processor-abis.json outboundQueueName)")
     message_format: str = setting("auto", "JMS type of responses: auto (the type the request came in), text or byte (MOSIP's activemq.message.format)")
-    inbound_message_ttl: int = setting(2700, "seconds a request lives (registration-processor-abis.json inboundMessageTTL); older ones are skipped unanswered, as MOSIP has given up on them")
+    inbound_message_ttl: int = setting(2700, "seconds a request lives (registration-processor-abis.json inboundMessageTTL); older ones are answered aborted (failure 2) without doing their work")
     auth_url: str = setting("", "MOSIP authmanager URL for a datashare token (/v1/authmanager/authenticate/clientidsecretkey); empty fetches without one")
     client_id: str = setting("", "client id for the datashare token")
     secret_key: str = setting("", "secret key for the datashare token")
@@ -319,6 +320,7 @@ class MosipSettings:
     fetch_timeout: float = setting(30.0, "seconds allowed for one datashare or auth request")
     max_cbeff_bytes: int = setting(20_000_000, "largest CBEFF fetched from a referenceURL, in bytes")
     max_results: int = setting(30, "candidates returned when an IDENTIFY names no flags.maxResults")
+    insert_batch: int = setting(16, "most consecutive INSERTs already delivered that are embedded and written to the gallery together (one generation); 1: one at a time")
     gallery_dir: str = setting("gallery-mosip", "folder of the deployment holding MOSIP's gallery (apart from dedup's own enrolments)")
 
     def __post_init__(self) -> None:
@@ -333,6 +335,7 @@ class MosipSettings:
         require(self.fetch_timeout > 0, "fetch_timeout must be > 0")
         require(self.max_cbeff_bytes >= 1024, "max_cbeff_bytes must be >= 1024")
         require(self.max_results >= 1, "max_results must be >= 1")
+        require(1 <= self.insert_batch <= 256, "insert_batch must be between 1 and 256")
         require(self.gallery_dir not in ("", ".", "gallery", "store", "pg") and "/" not in self.gallery_dir,
                 "gallery_dir must be a plain folder name other than gallery, store or pg")
 

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -276,7 +277,7 @@ class Runner:
             for b in np.flatnonzero(sims[a, :a] >= threshold):
                 found[int(unit.pks[ok[a]])].append(NewCandidate(None, int(unit.pks[ok[b]]), float(sims[a, b]), "batch"))
         # Other unfinished units (claimed, embedded, not yet in the gallery).
-        for other_id, other in self._in_flight(conn, unit_id):
+        for _unit, other in self._in_flight(conn, unit_id):
             sel = np.flatnonzero(other.ok)
             scores = probes @ other.vectors[sel].T
             for a, b in zip(*np.nonzero(scores >= threshold)):

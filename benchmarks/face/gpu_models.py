@@ -8,7 +8,13 @@ Photos: the real test photos (tests/support/real_photos.py, plus astronaut and G
 each resized to 640 x 480 (one size, so every batch is one stacked tensor, as the detector
 buckets by size). Decoding is not timed (done once on the CPU; in production CPU workers do
 it). Each row: the batch run ``--repeats`` times after one warm-up, CUDA-synchronised wall
-time, and for float16 the largest difference of the templates from float32's. Writes
+time, and for float16 the largest difference of the templates from float32's.
+
+``pipeline`` rows time what ``dedup embed`` / ``dedup run`` do on a GPU with
+``face.detector = retinaface``: ``embed_photos_on`` (dedup/face/embed.py) on JPEG files of the
+photos at 640 x 480, decoding included (CPU worker processes, one per core), detection, the
+ArcFace warp (SFace) and embedding in device batches of ``face.batch_size``, float32, TF32 off
+(the defaults), for SFace and dlib, wall photos/s. Writes
 ``benchmarks/results/face-models-gpu.json`` (``--out``) with the device named.
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,10 +34,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.face.bench_face import machine
+from dedup.config import FaceSettings
 from dedup.face import assets
 from dedup.face.arcface_align import arcface_matrix, warp_batch
 from dedup.face.decode import DecodeLimits, decode_image
 from dedup.face.dlib_resnet import build_dlib_resnet, parse_dlib_resnet, preprocess_dlib
+from dedup.face.embed import embed_photos_on
+from dedup.face.model import load_model
 from dedup.face.retinaface import RetinaFace, load_shipped_net
 from dedup.face.sface import load_shipped_net as load_sface
 from tests.support.real_photos import real_photos, with_other_people
@@ -71,6 +81,37 @@ def photos_to_templates(det: RetinaFace, sface: torch.nn.Module, photos: torch.T
     chips = warp_batch(photos, matrices)
     out = sface(chips.to(dtype)).float()
     return out / out.norm(dim=1, keepdim=True)
+
+
+def pipeline_rows(device: str, photos_np: np.ndarray, batches: tuple[int, ...], n_photos: int, workers: int) -> list[dict]:
+    """Wall photos/s of ``embed_photos_on`` (the production batched path) on JPEG photo files."""
+    import io
+    import tempfile
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths: list[str] = []
+        for i in range(n_photos):
+            buf = io.BytesIO()
+            Image.fromarray(photos_np[i % len(photos_np)]).save(buf, "JPEG", quality=90)
+            path = Path(tmp) / f"p{i:05d}.jpg"
+            path.write_bytes(buf.getvalue())
+            paths.append(str(path))
+        for model_name in ("sface", "dlib"):
+            for batch in batches:
+                settings = FaceSettings(detector="retinaface", model=model_name, batch_size=batch, device=device, workers=workers)
+                model = load_model(settings)
+                embed_photos_on(paths[: min(len(paths), 2 * batch)], settings, device, model=model)  # warm-up
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                result = embed_photos_on(paths, settings, device, model=model)
+                seconds = time.perf_counter() - start
+                row = {"pipeline": "embed_photos_on", "model": model_name, "batch": batch, "photos": n_photos,
+                       "decode_workers": workers, "accepted": len(result.accepted), "photos_per_s": round(n_photos / seconds, 1)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -125,6 +166,11 @@ def main() -> None:
                 row["min_cosine_vs_fp32"] = float((templates * reference[batch]).sum(1).min())
             report["rows"].append(row)  # type: ignore[union-attr]
             print(json.dumps(row), flush=True)
+    workers = 1 if args.smoke else max(1, len(os.sched_getaffinity(0)))
+    pipeline_batches = (4,) if args.smoke else (64, 256, 1024)
+    # Always 640 x 480 (the smoke's 160 x 128 photos hold faces too small to pass).
+    pipeline_photos = photo_batch(9, 480, 640)
+    report["pipeline"] = pipeline_rows(device, pipeline_photos, pipeline_batches, 8 if args.smoke else 4096, workers)
     if device == "cuda":
         report["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)

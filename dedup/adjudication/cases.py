@@ -98,14 +98,20 @@ def _view_detail(case: _Case) -> dict[str, Any]:
 # ---------------------------------------------------------------- showing
 
 
-def show_case(conn: psycopg.Connection[Any], actor: Actor, case_id: int, photos: PhotoStore) -> CaseDetail:
-    """A case with its photos' store paths and candidates (``dedup queue show``); audited as a view."""
+def _viewed(conn: psycopg.Connection[Any], actor: Actor, case_id: int) -> _Case:
+    """The case, if ``actor`` may view it; the view is audited, and so is a refusal."""
     authorize(actor, "queue.show")
     with refusals_audited(conn, actor, case_id, "view"):
         with conn.transaction():
             case = _load(conn, actor, case_id)
             check_may_view(case.hold, actor)
             audit.record(conn, actor.name, "case.view", "case", case_id, _view_detail(case))
+    return case
+
+
+def show_case(conn: psycopg.Connection[Any], actor: Actor, case_id: int, photos: PhotoStore) -> CaseDetail:
+    """A case with its photos' store paths and candidates (``dedup queue show``); audited as a view."""
+    case = _viewed(conn, actor, case_id)
     hold, p = case.hold, case.probe
     views = [CandidateView(c["rank"], float(c["score"]), c["found_in"], c["synthetic"], c["gallery_row"], c["centre_id"],
                            c["enrolment_id"], c["state"], c["uin"],
@@ -119,12 +125,7 @@ def show_case(conn: psycopg.Connection[Any], actor: Actor, case_id: int, photos:
 
 def show(conn: psycopg.Connection[Any], actor: Actor, case_id: int) -> CaseView:
     """The case as the web page shows it (audited as a view): its holder, a supervisor, or who decided it."""
-    authorize(actor, "queue.show")
-    with refusals_audited(conn, actor, case_id, "view"):
-        with conn.transaction():
-            case = _load(conn, actor, case_id)
-            check_may_view(case.hold, actor)
-            audit.record(conn, actor.name, "case.view", "case", case_id, _view_detail(case))
+    case = _viewed(conn, actor, case_id)
     hold = case.hold
     cands = [Candidate(c["rank"], float(c["score"]), c["found_in"], c["synthetic"], c["photo_sha256"] is not None and not c["synthetic"],
                        c["uin"] if c["state"] in ("accepted", "duplicate") else None) for c in case.candidates]

@@ -15,10 +15,11 @@ import shutil
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -152,6 +153,7 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
         max_depth=max(s.max_depth, spec.depth or s.depth),
         max_candidates=spec.max_candidates or s.max_candidates,
         deepen_margin=s.deepen_margin,
+        early_exit=s.early_exit,
     )
     return data, index, params
 
@@ -176,7 +178,7 @@ class Reporter:
         self._progress: Any = None
 
     @contextmanager
-    def running(self) -> Iterator["Reporter"]:
+    def running(self) -> Iterator[Reporter]:
         if not self.enabled:
             yield self
             return

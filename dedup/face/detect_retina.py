@@ -74,8 +74,23 @@ def choose(faces: list[Face], params: RetinaParams) -> tuple[Face, int]:
     return counted[best], len(counted)
 
 
+def retry_scale(shape: tuple[int, ...], max_side: int) -> float | None:
+    """Scale of the no-face retry (twice the first pass, at most twice ``max_side``), or None
+    when that would not enlarge the photo by at least 1.5x over the first pass."""
+    longest = max(shape[:2])
+    first = min(1.0, max_side / longest)
+    second = min(2.0 * first, 2.0 * max_side / longest)
+    return None if second <= first * 1.5 else second
+
+
+def upscaled(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """The photo resized by ``scale`` (bilinear), for the no-face retry."""
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
 class RetinaDetector:
-    """RetinaFace (torch, CPU float32 in worker processes) and dlib's 5-point predictor."""
+    """RetinaFace (torch: CPU float32 in worker processes, or the batched device path) and dlib's 5-point predictor."""
 
     def __init__(self, params: RetinaParams, detector: RetinaFace | None = None) -> None:
         self.params = params
@@ -88,19 +103,19 @@ class RetinaDetector:
         faces = self.detector.detect([rgb], p.min_score, p.max_side)[0]
         if faces:
             return faces
-        longest = max(rgb.shape[:2])
-        first = min(1.0, p.max_side / longest)
-        second = min(2.0 * first, 2.0 * p.max_side / longest)
-        if second <= first * 1.5:
+        second = retry_scale(rgb.shape[:2], p.max_side)
+        if second is None:
             return []
-        size = (max(1, round(rgb.shape[1] * second)), max(1, round(rgb.shape[0] * second)))
-        big = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-        found = self.detector.detect([big], p.min_score, max(size))[0]
+        big = upscaled(rgb, second)
+        found = self.detector.detect([big], p.min_score, max(big.shape[:2]))[0]
         return [Face(f.box / second, f.score, f.landmarks / second) for f in found]
 
     def detect(self, rgb: np.ndarray) -> Detection:
         """The face to enrol, or Rejected(no_face / multiple_faces)."""
-        faces = self.find(rgb)
+        return self.decide(rgb, self.find(rgb))
+
+    def decide(self, rgb: np.ndarray, faces: list[Face]) -> Detection:
+        """The face to enrol among ``faces`` (photo pixels, best first), or Rejected(no_face / multiple_faces)."""
         if not faces:
             raise Rejected(reasons.NO_FACE, "no face found")
         return self.landmark(rgb, *choose(faces, self.params))

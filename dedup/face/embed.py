@@ -3,7 +3,9 @@
 ``embed_photos`` runs the per-photo steps (:mod:`dedup.face.prepare`) in worker processes
 (spawned; each builds its own dlib models, nothing heavy is pickled), embeds the crops in
 torch batches as they arrive (GPU when present), L2-normalises them, and returns one
-record per photo, in input order. A photo that fails is a record with a reason. When a
+record per photo, in input order. With RetinaFace and a GPU it takes the batched device
+path instead (:func:`embed_photos_on`): workers only decode, and detection, the ArcFace
+warp and embedding run in device batches (:mod:`dedup.face.device_batch`). A photo that fails is a record with a reason. When a
 worker process dies (a crash in a native decoder), the unfinished photos are retried one
 by one, so only the photo that kills a worker becomes ``processing_error``.
 """
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,8 +28,19 @@ import pyarrow.parquet as pq
 from dedup.config import FaceSettings
 from dedup.errors import BadInput, InvalidParameter, ProcessingFailed
 from dedup.face import reasons
-from dedup.face.model import FaceModel, ModelSpec, load_model, model_id_for
-from dedup.face.prepare import PhotoInput, Prepared, Preparer, init_worker, prepare_in_worker, source_name
+from dedup.face.decode import DecodeLimits
+from dedup.face.model import FaceModel, ModelSpec, load_model, model_id_for, resolve_device
+from dedup.face.prepare import (
+    Decoded,
+    PhotoInput,
+    Prepared,
+    Preparer,
+    decode_for_detection,
+    decode_in_worker,
+    init_worker,
+    prepare_in_worker,
+    source_name,
+)
 from dedup.face.quality import QualityReport
 from dedup.fsutil import atomic_path
 from dedup.schemas import REJECTS_SCHEMA, templates_schema
@@ -140,6 +154,9 @@ def worker_count(settings: FaceSettings) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+T = TypeVar("T")
+
+
 def iter_prepared(items: Sequence[PhotoInput], settings: FaceSettings, workers: int) -> Iterator[tuple[int, Prepared]]:
     """Yield ``(index, Prepared)`` for every item, in completion order.
 
@@ -154,9 +171,38 @@ def iter_prepared(items: Sequence[PhotoInput], settings: FaceSettings, workers: 
         for i, item in enumerate(items):
             yield i, preparer.prepare(item)
         return
+
+    def died(name: str) -> Prepared:
+        return Prepared(name, reasons.PROCESSING_ERROR, _DIED, None, 0.0, None, None)
+
+    yield from _iter_pool(items, settings, workers, prepare_in_worker, died, decode_only=False)
+
+
+def iter_decoded(items: Sequence[PhotoInput], settings: FaceSettings, workers: int) -> Iterator[tuple[int, Decoded]]:
+    """Yield ``(index, Decoded)`` for every item, in completion order (the batched path's CPU
+    part), with the same pool and worker-death handling as :func:`iter_prepared`."""
+    if workers <= 1:
+        limits = DecodeLimits(settings.max_bytes, settings.max_pixels, settings.format_list)
+        for i, item in enumerate(items):
+            yield i, decode_for_detection(item, limits, settings.retinaface_max_side)
+        return
+
+    def died(name: str) -> Decoded:
+        return Decoded(name, reasons.PROCESSING_ERROR, _DIED, None, None, 0.0)
+
+    yield from _iter_pool(items, settings, workers, decode_in_worker, died, decode_only=True)
+
+
+_DIED = "the worker process died on this photo"
+
+
+def _iter_pool(items: Sequence[PhotoInput], settings: FaceSettings, workers: int, task: Callable[[PhotoInput], T],
+               died: Callable[[str], T], decode_only: bool) -> Iterator[tuple[int, T]]:
+    """``task`` over the items in a spawned pool, at most ``4 x workers`` in flight; photos left
+    unfinished by a dead worker go to :func:`_isolate`."""
     done: set[int] = set()
-    with _pool(settings, workers) as pool:
-        in_flight: dict[cf.Future[Prepared], int] = {}
+    with _pool(settings, workers, decode_only) as pool:
+        in_flight: dict[cf.Future[T], int] = {}
         queue = iter(range(len(items)))
         broken = False
         while True:
@@ -165,7 +211,7 @@ def iter_prepared(items: Sequence[PhotoInput], settings: FaceSettings, workers: 
                 if nxt is None:
                     break
                 try:
-                    in_flight[pool.submit(prepare_in_worker, items[nxt])] = nxt
+                    in_flight[pool.submit(task, items[nxt])] = nxt
                 except BrokenProcessPool:
                     broken = True
             if not in_flight:
@@ -182,17 +228,18 @@ def iter_prepared(items: Sequence[PhotoInput], settings: FaceSettings, workers: 
                 yield i, result
     pending = [i for i in range(len(items)) if i not in done]
     if pending:
-        yield from _isolate(items, pending, settings)
+        yield from _isolate(items, pending, settings, task, died, decode_only)
 
 
-def _isolate(items: Sequence[PhotoInput], pending: list[int], settings: FaceSettings) -> Iterator[tuple[int, Prepared]]:
-    """Prepare photos one at a time in a one-worker pool, replacing the pool when one dies."""
+def _isolate(items: Sequence[PhotoInput], pending: list[int], settings: FaceSettings, task: Callable[[PhotoInput], T],
+             died: Callable[[str], T], decode_only: bool) -> Iterator[tuple[int, T]]:
+    """Run ``task`` on photos one at a time in a one-worker pool, replacing the pool when one dies."""
     deaths_in_a_row = 0
-    pool = _pool(settings, 1)
+    pool = _pool(settings, 1, decode_only)
     try:
         for i in pending:
             try:
-                result = pool.submit(prepare_in_worker, items[i]).result()
+                result = pool.submit(task, items[i]).result()
                 deaths_in_a_row = 0
                 yield i, result
             except BrokenProcessPool:
@@ -202,10 +249,9 @@ def _isolate(items: Sequence[PhotoInput], pending: list[int], settings: FaceSett
                         f"face worker processes died on {deaths_in_a_row} photos in a row; "
                         "the workers cannot run here (try face.workers = 1 to see the error)"
                     ) from None
-                died = "the worker process died on this photo"
-                yield i, Prepared(source_name(items[i]), reasons.PROCESSING_ERROR, died, None, 0.0, None, None)
+                yield i, died(source_name(items[i]))
                 pool.shutdown(wait=True)
-                pool = _pool(settings, 1)
+                pool = _pool(settings, 1, decode_only)
     finally:
         pool.shutdown(wait=True)
 
@@ -213,10 +259,16 @@ def _isolate(items: Sequence[PhotoInput], pending: list[int], settings: FaceSett
 _MAX_DEATHS_IN_A_ROW = 3
 
 
-def _pool(settings: FaceSettings, workers: int) -> cf.ProcessPoolExecutor:
+def _pool(settings: FaceSettings, workers: int, decode_only: bool = False) -> cf.ProcessPoolExecutor:
     # spawn, not fork: forking a process that holds torch threads (or CUDA) is unsafe.
     ctx = multiprocessing.get_context("spawn")
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(settings,))
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker,
+                                  initargs=(settings, decode_only))
+
+
+def uses_device_batches(settings: FaceSettings) -> bool:
+    """True when ``embed_photos`` takes the batched device path: RetinaFace and a GPU to run it on."""
+    return settings.detector == "retinaface" and resolve_device(settings.device) == "cuda"
 
 
 def embed_photos(
@@ -236,8 +288,9 @@ def embed_photos(
     if not items:
         raise InvalidParameter("no photos to embed")
     model = model or load_model(settings)
-    if model.model_id != model_id_for(ModelSpec.from_settings(settings)):
-        raise InvalidParameter(f"the model given ({model.model_id}) is not the one the face settings describe")
+    _check_model(model, settings)
+    if uses_device_batches(settings):
+        return embed_photos_on(items, settings, "cuda", model=model, progress=progress)
     total = len(items)
     prepared: list[Prepared | None] = [None] * total
     raw: dict[int, np.ndarray] = {}
@@ -263,7 +316,73 @@ def embed_photos(
         if progress is not None:
             progress(done, total)
     flush()
+    return _result(model, prepared, raw)
 
+
+# A group of decoded photos waits in memory for its device batch: at most this many
+# photos, and fewer when their full-resolution pixels reach _GROUP_PIXELS (about 0.8 GB).
+_GROUP_PHOTOS_PER_BATCH = 4
+_GROUP_PIXELS = 256_000_000
+
+
+def embed_photos_on(
+    items: Sequence[PhotoInput],
+    settings: FaceSettings,
+    device: str,
+    *,
+    model: FaceModel | None = None,
+    progress: ProgressFn | None = None,
+) -> EmbedResult:
+    """:func:`embed_photos` by the batched device path, on ``device`` (``"cuda"``, or ``"cpu"``
+    to test it): CPU workers decode; RetinaFace detection (photos stacked by size), SFace's
+    ArcFace warp and the model run in batches of ``settings.batch_size`` on the device.
+    Same templates and reasons as the per-photo path (tests/face/test_gpu_batch_path.py).
+    """
+    from dedup.face.device_batch import DeviceBatch
+
+    if settings.detector != "retinaface":
+        raise InvalidParameter("the batched device path needs face.detector = retinaface")
+    if not items:
+        raise InvalidParameter("no photos to embed")
+    model = model or load_model(settings)
+    _check_model(model, settings)
+    stage = DeviceBatch(settings, model, device)
+    total = len(items)
+    prepared: list[Prepared | None] = [None] * total
+    raw: dict[int, np.ndarray] = {}
+    group: list[tuple[int, Decoded]] = []
+    pixels = 0
+    done = 0
+
+    def flush() -> None:
+        nonlocal pixels, done
+        for i, prep, vec in stage.run(group):
+            prepared[i] = prep
+            if vec is not None:
+                raw[i] = vec
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        group.clear()
+        pixels = 0
+
+    workers = worker_count(settings) if total >= MIN_PHOTOS_FOR_POOL else 1
+    for i, dec in iter_decoded(items, settings, min(workers, total)):
+        group.append((i, dec))
+        pixels += dec.rgb.shape[0] * dec.rgb.shape[1] if dec.rgb is not None else 0
+        if len(group) >= _GROUP_PHOTOS_PER_BATCH * settings.batch_size or pixels >= _GROUP_PIXELS:
+            flush()
+    flush()
+    return _result(model, prepared, raw)
+
+
+def _check_model(model: FaceModel, settings: FaceSettings) -> None:
+    if model.model_id != model_id_for(ModelSpec.from_settings(settings)):
+        raise InvalidParameter(f"the model given ({model.model_id}) is not the one the face settings describe")
+
+
+def _result(model: FaceModel, prepared: Sequence[Prepared | None], raw: dict[int, np.ndarray]) -> EmbedResult:
+    """The EmbedResult in input order: every photo's record, and the templates L2-normalised."""
     results: list[PhotoResult] = []
     rows: list[np.ndarray] = []
     for i, done_prep in enumerate(prepared):

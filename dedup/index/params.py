@@ -24,7 +24,10 @@ class SearchParams:
     probe visits only those of its ``nprobe`` nearest lists that can hold a row above the
     threshold, and only rows whose PQ estimate could reach it are re-ranked
     (``dedup.index.search``). Without bounds (an older codec, or a threshold below their
-    grid) the search is the fixed one above.
+    grid) the search is the fixed one above. Off by default (``search.early_exit``): the
+    bounds hold only for templates like the codec's training sample, and a probe from
+    elsewhere (real templates against a codec bootstrapped on synthetic ones) can lose its
+    mate, where the fixed search finds it.
     """
 
     threshold: float
@@ -33,7 +36,7 @@ class SearchParams:
     max_depth: int = 4096
     max_candidates: int = 100
     deepen_margin: float = 0.0
-    early_exit: bool = True
+    early_exit: bool = False
     bounds: SearchBounds | None = None
 
     def __post_init__(self) -> None:
@@ -60,4 +63,5 @@ class SearchParams:
             max_depth=settings.max_depth,
             max_candidates=settings.max_candidates,
             deepen_margin=settings.deepen_margin,
+            early_exit=settings.early_exit,
         )

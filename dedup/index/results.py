@@ -8,8 +8,8 @@ candidates each costs a few arrays, not 10 000 Python lists.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ class Candidates:
         return np.repeat(np.arange(self.n_probes, dtype=np.int64), self.counts())
 
     @staticmethod
-    def empty(n_probes: int) -> "Candidates":
+    def empty(n_probes: int) -> Candidates:
         return Candidates(
             offsets=np.zeros(n_probes + 1, dtype=np.int64),
             row_ids=np.zeros(0, dtype=np.int64),
@@ -77,7 +77,7 @@ class Candidates:
         max_candidates: int,
         capped: np.ndarray | None = None,
         searched_depth: np.ndarray | None = None,
-    ) -> "Candidates":
+    ) -> Candidates:
         """Build from unordered (probe, row, score) triples: sort, de-duplicate, cap.
 
         A row listed twice for the same probe keeps its higher score. Probes with more

@@ -122,14 +122,28 @@ def _deepen(shard: Any, probes: np.ndarray, todo: np.ndarray, params: SearchPara
     The coarse step is ours (``nearest_lists``), not FAISS's: FAISS switches between a BLAS
     and a scalar distance loop by batch size, so the same probe could get other lists (and
     rows) depending on how many probes happened to deepen with it."""
+    import faiss
+
     nlist = int(shard.index.nlist)
+    ours = cpu_ivf(shard.index)
     while todo.size:
-        dist, lists = nearest_lists(shard.index, probes[todo], nprobe)
-        _, positions = search_preassigned(shard.index, probes[todo], depth, lists, dist)
+        if ours:
+            dist, lists = nearest_lists(shard.index, probes[todo], nprobe)
+            _, positions = search_preassigned(shard.index, probes[todo], depth, lists, dist)
+        else:  # e.g. a faiss GPU index: FAISS's own coarse step
+            _, positions = shard.index.search(probes[todo], depth, params=faiss.SearchParametersIVF(nprobe=nprobe))
         scores = rerank(shard.vectors, probes[todo], positions, positions >= 0)
         todo = _round(shard, probes, todo, positions, scores, params, depth, nprobe, depth_cap, found)
         depth = min(depth * 4, depth_cap)
         nprobe = min(nprobe * 2, nlist)
+
+
+def cpu_ivf(index: Any) -> bool:
+    """Whether ``index`` is a CPU FAISS IVF index (our coarse step and ``search_preassigned``
+    apply); GPU indexes keep FAISS's own search."""
+    import faiss
+
+    return isinstance(index, faiss.IndexIVF)
 
 
 def _start(shard: Any, params: SearchParams) -> tuple[int, int, int]:
@@ -163,7 +177,7 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
     """
     n = probes.shape[0]
     limits = params.bounds.at(params.threshold) if (params.early_exit and params.bounds is not None) else None
-    if limits is None or not shard.meta.live or not n:
+    if limits is None or not shard.meta.live or not n or not cpu_ivf(shard.index):
         return fixed_search(shard, probes, params)
     gap, est_error = limits
     t = params.threshold

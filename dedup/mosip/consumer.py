@@ -1,7 +1,14 @@
 """``dedup abis serve``: the queue loop between MOSIP's broker and the handler.
 
-- **FIFO**: one subscription, one message at a time in the order the broker delivers them,
-  so an IDENTIFY sees every INSERT received before it.
+- **FIFO**: one subscription, messages handled in the order the broker delivers them, so an
+  IDENTIFY sees every INSERT received before it.
+- **Batched INSERTs**: an INSERT takes with it the INSERTs already delivered behind it (up
+  to ``mosip.insert_batch``, without waiting for more), stopping at the first other request, an
+  expired one, or a repeated requestId or referenceId; the batch is embedded in one model
+  call, written to the gallery once (one generation) and to PostgreSQL in one transaction,
+  then answered in order, each in its own broker transaction. Killed before an answer's
+  commit, that request and the ones after it are redelivered and answered from the stored
+  responses.
 - **At least once, answered once**: the request is acknowledged only in the same STOMP
   transaction that sends its response (BEGIN, SEND response, ACK request, COMMIT, with a
   receipt on the COMMIT). Killed before the commit, the broker rolls both back and
@@ -11,8 +18,10 @@
   BytesMessage (ActiveMQ's STOMP mapping); the response goes back with the type the request
   came in (``mosip.message_format`` auto), since MOSIP casts replies to its configured type
   and drops the other one.
-- **TTL**: a request whose ``expires`` header has passed, or older than
-  ``mosip.inbound_message_ttl``, is acknowledged without an answer (MOSIP has given up on it).
+- **TTL**: a request whose ``expires`` header has passed, or whose broker timestamp is
+  older than ``mosip.inbound_message_ttl``, is answered "aborted" (failure
+  2) without doing its work: MOSIP's re-processor sends a fresh request later, and the
+  answer lets it stop waiting for this one (a replayed requestId still gets its stored answer).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any
 from dedup.config import MosipSettings
 from dedup.deployment import Deployment
 from dedup.errors import BrokerError, Conflict
+from dedup.faults import crash_point
 from dedup.mosip import messages as msg
 
 log = logging.getLogger("dedup.mosip")
@@ -175,10 +185,6 @@ class Transport:
         finally:
             self.listener.receipts.pop(receipt, None)
 
-    def drop(self, frame: Frame) -> None:
-        """Acknowledge a request without answering it (expired)."""
-        self.conn.ack(frame.message_id, frame.subscription)
-
     def close(self) -> None:
         if self.conn is not None:
             try:
@@ -186,6 +192,11 @@ class Transport:
             except Exception:  # noqa: BLE001 - already gone
                 pass
             self.conn = None
+
+
+def batchable(parsed: msg.Parsed) -> bool:
+    """A valid INSERT (the only request that joins a batch)."""
+    return parsed.failure is None and parsed.request is not None and parsed.request.op == msg.INSERT
 
 
 def expired(frame: Frame, ttl_seconds: int, now_ms: float | None = None) -> bool:
@@ -213,6 +224,7 @@ class Consumer:
         self.answered = 0
         self.stop_event = threading.Event()
         self.timings: Any = None
+        self._held: tuple[Frame, msg.Parsed] | None = None  # taken from the queue, ended a batch, not yet handled
 
     def _handler(self, conn: Any, transport: Transport) -> Any:
         from dedup.mosip.datashare import AuthConfig, Fetcher, TokenCache
@@ -275,9 +287,11 @@ class Consumer:
             while not self.stop_event.is_set():
                 if not transport.connected:
                     transport.close()
+                    self._held = None  # the broker redelivers it with the rest
                     self._connect(transport, conn)
                     continue
-                frame = transport.next_frame(timeout=0.5)
+                held, self._held = self._held, None
+                frame = held[0] if held else transport.next_frame(timeout=0.5)
                 now = time.monotonic()
                 if now - last_beat > 5.0:
                     store.heartbeat(conn, None, transport.waiting())
@@ -287,23 +301,68 @@ class Consumer:
                         return
                     continue
                 idle_since = now
-                self._one(conn, transport, handler, frame)
+                self._one(conn, transport, handler, frame, held[1] if held else None)
                 if max_messages is not None and self.answered >= max_messages:
                     return
         finally:
             transport.close()
 
-    def _one(self, conn: Any, transport: Transport, handler: Any, frame: Frame) -> None:
+    def _is_expired(self, frame: Frame) -> bool:
+        # The broker's clock, not ``requesttime``: MOSIP writes requesttime when its handler
+        # stage builds the request, and an IDENTIFY is sent only after its INSERT is answered
+        # (registration AbisHandlerStage / AbisMiddleWareStage), so in a backlog requesttime
+        # can be far older than the message.
+        return expired(frame, self.settings.inbound_message_ttl)
+
+    def _one(self, conn: Any, transport: Transport, handler: Any, frame: Frame, parsed: msg.Parsed | None) -> None:
+        if parsed is None:
+            with handler.timings.stage("parse"):
+                parsed = msg.parse(frame.body)
+        if batchable(parsed) and not self._is_expired(frame):
+            batch = self._take_batch(transport, handler, frame, parsed)
+            if len(batch) > 1:
+                log.info("a batch of %d INSERTs", len(batch))
+            with handler.timings.stage("handle"):
+                outcomes = handler.insert_batch([(p, f.message_type, f.received_at) for f, p in batch])
+            for n, ((f, p), outcome) in enumerate(zip(batch, outcomes)):
+                if not self._send(conn, transport, handler, f, p, outcome):
+                    self._held = None  # the connection is gone: the rest are redelivered
+                    return
+                if n == 0 and len(batch) > 1:
+                    crash_point("abis.batch_partly_answered")
+            return
+        expired_now = self._is_expired(frame)
+        with handler.timings.stage("handle"):
+            outcome = handler.handle(parsed, frame.message_type, frame.received_at, expired=expired_now)
+        if expired_now:
+            self.say(f"aborted an expired request (message {frame.message_id})")
+        self._send(conn, transport, handler, frame, parsed, outcome)
+
+    def _take_batch(self, transport: Transport, handler: Any, frame: Frame, parsed: msg.Parsed) -> list[tuple[Frame, msg.Parsed]]:
+        """``frame``'s INSERT and the INSERTs delivered right behind it (see the module docstring)."""
+        batch = [(frame, parsed)]
+        assert parsed.request is not None
+        request_ids, reference_ids = {parsed.request_id}, {parsed.request.reference_id}
+        while len(batch) < self.settings.insert_batch:
+            nxt = transport.next_frame(timeout=0.0)
+            if nxt is None:
+                break
+            with handler.timings.stage("parse"):
+                p = msg.parse(nxt.body)
+            if (not batchable(p) or self._is_expired(nxt) or p.request_id in request_ids
+                    or (p.request is not None and p.request.reference_id in reference_ids)):
+                self._held = (nxt, p)
+                break
+            assert p.request is not None
+            batch.append((nxt, p))
+            request_ids.add(p.request_id)
+            reference_ids.add(p.request.reference_id)
+        return batch
+
+    def _send(self, conn: Any, transport: Transport, handler: Any, frame: Frame, parsed: msg.Parsed, outcome: Any) -> bool:
+        """Send one response with its request's ack; False when the broker connection was lost."""
         from dedup.store import mosip as store
 
-        if expired(frame, self.settings.inbound_message_ttl):
-            transport.drop(frame)
-            self.say(f"skipped an expired request (message {frame.message_id})")
-            return
-        with handler.timings.stage("parse"):
-            parsed = msg.parse(frame.body)
-        with handler.timings.stage("handle"):
-            outcome = handler.handle(parsed, frame.message_type, frame.received_at)
         reply_type = frame.message_type if self.settings.message_format == "auto" else (
             "bytes" if self.settings.message_format == "byte" else "text")
         try:
@@ -313,7 +372,7 @@ class Consumer:
             store.set_last_error(conn, str(exc))
             self.say(f"warning: {exc}; the request will be redelivered and answered from the stored response")
             transport.close()
-            return
+            return False
         if parsed.request_id:
             with handler.timings.stage("database"):
                 store.mark_sent(conn, parsed.request_id)
@@ -326,3 +385,4 @@ class Consumer:
                  f" failure {resp['failureReason']}" if "failureReason" in resp else "", " (replayed)" if outcome.replayed else "")
         if self.answered % self.progress_every == 0:
             self.say(f"{self.answered} requests answered")
+        return True

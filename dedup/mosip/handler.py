@@ -5,6 +5,17 @@
   pipeline, add it to the gallery under ``mosip-<referenceId>`` (``Gallery.add`` is
   exactly-once per name), then store the reference and the response in one transaction.
   No de-duplication at insert (ABIS API: "INSERT ... shall not perform de-duplication").
+  Consecutive INSERTs come as one batch (:meth:`Handler.insert_batch`): one model call for
+  their faces, one ``Gallery.add`` (one generation), one database transaction.
+- Failure 1 (internal error): the gallery cannot be opened, verified or written
+  (``GalleryError``, e.g. a damaged shard), the face model fails, no threshold is known
+  (``NoOperatingPoint``): any ``DedupError`` that is not the request's fault. Never an
+  empty candidate list from a gallery that was not searched (fail closed).
+- Failure 2 (aborted): the request outlived its TTL before it was taken up (the consumer
+  says so with ``expired``); MOSIP's re-processor sends a fresh request later.
+- A lost database is no answer at all: ``psycopg.Error`` propagates, the consumer stops, and
+  the broker redelivers the request to the next one (the response could not be stored, so
+  a redelivery could not be answered the same way).
 - IDENTIFY: the probe is the stored template of ``referenceId`` (12 when not active), or the
   CBEFF at ``referenceURL`` when no referenceId is given (not stored). Searched against the
   whole MOSIP gallery, or only ``gallery.referenceIds`` (12 when one is not active), at the
@@ -99,8 +110,12 @@ class Handler:
 
     # ------------------------------------------------------------------ entry
 
-    def handle(self, parsed: msg.Parsed, message_type: str, received_at: datetime) -> Outcome:
-        """The response to one message (stored before it is returned, when it has a requestId)."""
+    def handle(self, parsed: msg.Parsed, message_type: str, received_at: datetime, expired: bool = False) -> Outcome:
+        """The response to one message (stored before it is returned, when it has a requestId).
+
+        ``expired``: the request outlived its TTL before it was taken up; it is answered
+        "aborted" (2) unless it was answered before or is invalid (its own code is more specific).
+        """
         if parsed.request_id:
             stored = store.stored_response(self.conn, parsed.request_id)
             if stored is not None:
@@ -109,9 +124,12 @@ class Handler:
             exc = parsed.failure or MosipFailure(Failure.INVALID_STRUCTURE, "unreadable request")
             return self._fail(parsed, None, exc, message_type, received_at)
         req = parsed.request
+        if expired:
+            return self._fail(parsed, req, MosipFailure(Failure.ABORTED, "the request outlived its TTL before it was taken up"),
+                              message_type, received_at)
         try:
             if req.op == msg.INSERT:
-                return self._insert(parsed, req, message_type, received_at)
+                return self.insert_batch([(parsed, message_type, received_at)])[0]
             if req.op == msg.IDENTIFY:
                 extra = self._identify(req)
             elif req.op == msg.DELETE:
@@ -146,27 +164,70 @@ class Handler:
 
     # ------------------------------------------------------------------ operations
 
-    def _insert(self, parsed: msg.Parsed, req: msg.Request, message_type: str, received_at: datetime) -> Outcome:
-        assert req.reference_id is not None and req.reference_url is not None
+    def insert_batch(self, items: list[tuple[msg.Parsed, str, datetime]]) -> list[Outcome]:
+        """Consecutive INSERTs (valid, distinct requestIds and referenceIds), answered in order.
+
+        Each is replayed, refused (10, or its fetch/CBEFF/photo failure) or embedded; the
+        embedded ones go through the model in one call, into the gallery in one ``add`` (one
+        generation) and into the database in one transaction. A crash between the gallery
+        and the database is repaired by redelivery, as for one INSERT: ``Gallery.add``
+        returns the rows it already has.
+        """
+        outcomes: list[Outcome | None] = [None] * len(items)
+        chips: list[tuple[int, Any]] = []  # (item index, aligned face chip)
+        for i, (parsed, message_type, received_at) in enumerate(items):
+            req = parsed.request
+            assert req is not None and req.op == msg.INSERT and req.reference_id is not None and req.reference_url is not None
+            stored = store.stored_response(self.conn, req.request_id)
+            if stored is not None:
+                outcomes[i] = Outcome(stored[0], "answered before", replayed=True)
+                continue
+            try:
+                if store.active_row(self.conn, req.reference_id) is not None:
+                    raise MosipFailure(Failure.REFERENCE_ID_EXISTS, "the referenceId is already in the gallery")
+                chips.append((i, self.face_chip(req.reference_url)))
+            except MosipFailure as exc:
+                outcomes[i] = self._fail(parsed, req, exc, message_type, received_at)
+            except DedupError as exc:
+                outcomes[i] = self._fail(parsed, req, MosipFailure(Failure.INTERNAL_ERROR, str(exc)), message_type, received_at)
+        if chips:
+            done = self._add_batch(items, chips)
+            for i, outcome in done.items():
+                outcomes[i] = outcome
+        assert all(o is not None for o in outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _add_batch(self, items: list[tuple[msg.Parsed, str, datetime]], chips: list[tuple[int, Any]]) -> dict[int, Outcome]:
+        from dedup.face.embed import l2_normalise
+
+        reqs = [items[i][0].request for i, _ in chips]
         try:
-            if store.active_row(self.conn, req.reference_id) is not None:
-                raise MosipFailure(Failure.REFERENCE_ID_EXISTS, "the referenceId is already in the gallery")
-            vector = self.template(req.reference_url)
-            gallery = self.gallery(vector.shape[0])
+            model = self.model()
+            with self.timings.stage("face_model"):
+                vectors = l2_normalise(model.embed(np.stack([c for _, c in chips]), max(len(chips), 1)))
+            gallery = self.gallery(vectors.shape[1])
             with self.timings.stage("gallery_add"):
-                row = int(gallery.add(vector[None, :], [gallery_name(req.reference_id)], model_id=self.model().model_id)[0])
-        except MosipFailure as exc:
-            return self._fail(parsed, req, exc, message_type, received_at)
-        except DedupError as exc:
-            return self._fail(parsed, req, MosipFailure(Failure.INTERNAL_ERROR, str(exc)), message_type, received_at)
+                rows = gallery.add(vectors, [gallery_name(r.reference_id or "") for r in reqs if r is not None], model_id=model.model_id)
+        except DedupError as exc:  # the gallery cannot be opened or written, the model fails: 1 for each
+            return {i: self._fail(items[i][0], items[i][0].request, MosipFailure(Failure.INTERNAL_ERROR, str(exc)),
+                                  items[i][1], items[i][2]) for i, _ in chips}
         crash_point("abis.inserted")  # in the gallery, not yet in the database: redelivery repairs it
-        response = msg.success(parsed.echo_id, req.request_id)
-        answer = store.Answer(req.request_id, req.op, req.reference_id, response, "", message_type, received_at)
+        done: list[tuple[int, store.Answer, int]] = []
+        for (i, _), row in zip(chips, rows.tolist()):
+            parsed, message_type, received_at = items[i]
+            req = parsed.request
+            assert req is not None and req.reference_id is not None
+            response = msg.success(parsed.echo_id, req.request_id)
+            done.append((i, store.Answer(req.request_id, req.op, req.reference_id, response, "", message_type, received_at),
+                         int(row)))
         with self.timings.stage("database"):
-            stored = store.record_insert(self.conn, answer, req.reference_id, row)
-        if stored is response and self._count is not None:
-            self._count += 1
-        return Outcome(stored, "")
+            stored = store.record_inserts(self.conn, [(a, a.reference_id or "", row) for _, a, row in done])
+        out: dict[int, Outcome] = {}
+        for (i, answer, _), response in zip(done, stored):
+            if response is answer.response and self._count is not None:
+                self._count += 1
+            out[i] = Outcome(response, "")
+        return out
 
     def _delete(self, parsed: msg.Parsed, req: msg.Request, message_type: str, received_at: datetime) -> Outcome:
         assert req.reference_id is not None
@@ -217,15 +278,14 @@ class Handler:
                 vectors = self.open_gallery().exact_vectors(np.array([restricted[r] for r in refs], dtype=np.int64))
                 scores = vectors @ probe.astype(np.float32)
                 found = {r: float(s) for r, s in zip(refs, scores.tolist()) if s >= choice.threshold}
-        else:
+        elif self.reference_count() > 0 or (Path(self.gallery_root) / "CURRENT").exists():
+            # References without a readable gallery raise GalleryError (failure 1), never "0 candidates".
             gallery = self.open_gallery()
             if len(gallery):
                 params = SearchParams.from_settings(settings.search, choice.threshold)
-                # The fixed search (early_exit off): the threshold-aware one prunes with bounds
-                # measured on the codec's training sample, which for a bootstrapped gallery is
-                # synthetic, and on real templates it was seen to miss a 0.996 mate (2026-12-01).
-                params = dataclasses.replace(params, max_candidates=max(params.max_candidates, max_results + 1),
-                                             early_exit=False)
+                # search.early_exit follows the deployment's setting (off by default: its bounds
+                # come from the codec's training sample, see dedup.index.params).
+                params = dataclasses.replace(params, max_candidates=max(params.max_candidates, max_results + 1))
                 with self.timings.stage("gallery_search"):
                     result = gallery.search(probe[None, :].astype(np.float32), params)
                 with self.timings.stage("database"):
@@ -261,13 +321,21 @@ class Handler:
     # ------------------------------------------------------------------ biometrics
 
     def template(self, url: str) -> np.ndarray:
-        """The face template of the CBEFF at ``url`` (fetch, decrypt, parse, embed).
-
-        The face pipeline's own steps (``Preparer``: decode with its limits, detect, align,
-        quality; then the model), with the detector built once per process rather than per
-        request (``embed_photos`` builds one per call: 0.35 s, more than the photo itself).
-        """
+        """The face template of the CBEFF at ``url`` (fetch, decrypt, parse, embed)."""
         from dedup.face.embed import l2_normalise
+
+        chip = self.face_chip(url)
+        with self.timings.stage("face_model"):
+            return l2_normalise(self.model().embed(chip[None, ...], 1))[0]
+
+    def face_chip(self, url: str) -> np.ndarray:
+        """The aligned face chip of the CBEFF at ``url`` (fetch, decrypt, parse, prepare).
+
+        The face pipeline's own per-photo steps (``Preparer``: decode with its limits, detect,
+        align, quality), with the detector built once per process rather than per request
+        (``embed_photos`` builds one per call: 0.35 s, more than the photo itself). The model
+        runs apart, so a batch of INSERTs embeds its chips in one call.
+        """
         from dedup.face.prepare import PhotoBytes
         from dedup.mosip.cbeff import face_segments
         from dedup.mosip.iso19794_5 import face_image
@@ -279,14 +347,14 @@ class Handler:
         with self.timings.stage("cbeff_parse"):
             segments = face_segments(document)
             images = [face_image(s.bdb) for s in segments]
-        model, preparer = self.model(), self.preparer()
+        preparer = self.preparer()
         with self.timings.stage("face_pipeline"):
             prepared = [preparer.prepare(PhotoBytes(f"cbeff-face-{s.index}", im.data)) for s, im in zip(segments, images)]
             passed = [p for p in prepared if p.reason is None and p.chip is not None]
             if passed:
                 best = max(passed, key=lambda p: p.quality)
                 assert best.chip is not None
-                return l2_normalise(model.embed(best.chip[None, ...], 1))[0]
+                return np.asarray(best.chip)
         first = prepared[0]
         if first.reason in _DECODE_REASONS:
             raise MosipFailure(Failure.INVALID_CBEFF_FORMAT, f"the face image cannot be decoded ({first.reason})")

@@ -1,10 +1,14 @@
 """Who is asking, in the store: web passwords with lock-out, browser sessions, and centres' API tokens.
 
 - Passwords are argon2id hashes (argon2-cffi). A login for an unknown user still verifies
-  against a dummy hash, so timing does not tell which names exist. After
-  ``web.lockout_attempts`` failures in a row the account is locked for ``web.lockout_seconds``;
-  the count is kept under a row lock, so parallel guesses are all counted. Every success,
-  failure and lock is audited. (Per-address throttling is the web app's: ``dedup.web.limits``.)
+  against a dummy hash, so timing does not tell which names exist. Failures are counted
+  per (account, address) for the addresses the account has logged in from, and per account
+  for all other addresses together; ``web.lockout_attempts`` failures in a row lock that
+  count's lane for ``web.lockout_seconds`` (the account's lane doubling with each lock in a
+  row), so strangers cannot lock the owner out of their own address and guesses stay bounded
+  however many addresses send them (``check_login`` argues it). The counts are kept under a
+  row lock, so parallel guesses are all counted. Every success, failure and lock is audited.
+  (Per-address throttling is the web app's: ``dedup.web.limits``.)
 - A session is a random id: the browser holds it in a signed cookie, the database only its
   SHA-256 with the session's CSRF token and expiry. Logging out, a password change and a
   disabled account end it.
@@ -39,6 +43,12 @@ LOGIN_FAILED = "wrong user name or password (or the account is locked for a whil
 _HASHER = PasswordHasher()
 _DUMMY_HASH = _HASHER.hash("not a password of anyone: equalises the time of unknown-user logins")
 _TOKEN = re.compile(r"^dk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+# An address is the account's own (known) for this long after a login from it with the
+# password; an account keeps this many at most, the most recent.
+KNOWN_ADDRESS_DAYS = 90
+MAX_KNOWN_ADDRESSES = 10
+# Locks of an account in a row last twice the one before, up to 2**this times web.lockout_seconds.
+MAX_LOCK_DOUBLINGS = 4
 
 
 def _sha256(text: str) -> str:
@@ -63,25 +73,45 @@ def set_password(conn: psycopg.Connection[Any], actor: Actor, name: str, passwor
         conn.execute(
             """INSERT INTO web_accounts (user_name, password_hash) VALUES (%s, %s)
                ON CONFLICT (user_name) DO UPDATE SET password_hash = excluded.password_hash, failed_logins = 0,
-                                                     locked_until = NULL, changed_at = now()""",
+                                                     locked_until = NULL, locks = 0, changed_at = now()""",
             (name, hashed),
         )
         conn.execute("DELETE FROM web_sessions WHERE user_name = %s", (name,))
+        conn.execute("DELETE FROM login_pairs WHERE user_name = %s", (name,))  # a new password: no address is known yet
         audit.record(conn, actor.name, "user.passwd", "user", name, {})
 
 
-def check_login(conn: psycopg.Connection[Any], name: str, password: str, web: WebSettings) -> Actor:
+def check_login(conn: psycopg.Connection[Any], name: str, password: str, web: WebSettings, address: str) -> Actor:
     """The user, when ``name`` and ``password`` match an active, unlocked web account.
 
     Raises Unauthenticated with one message for every failure (unknown name, wrong
     password, locked, disabled, no password set), so the page tells an attacker nothing.
-    Attempts on one account are serialised by a lock on its ``web_accounts`` row, taken
-    before the count and the lock are read: parallel guesses are each counted, and only
-    ``web.lockout_attempts`` of them are checked before the account locks.
+
+    Why the lock is kept per (account, address) for known addresses and per account for the
+    rest: a lock per account lets anyone who can name a user lock them out; a lock per
+    (account, address) alone lets a guesser with N addresses make N x ``web.lockout_attempts``
+    guesses. So ``address`` (the client's) is looked up among the addresses this account has
+    logged in from with its password (``login_pairs``, at most ``MAX_KNOWN_ADDRESSES``,
+    for ``KNOWN_ADDRESS_DAYS``):
+
+    - from a known address, attempts are counted and locked for that pair only, and the
+      account's lock does not apply: strangers locking the account do not keep its owner out;
+    - from every other address together, attempts share the account's one count: after
+      ``web.lockout_attempts`` failures the account is locked to all unknown addresses, for
+      ``web.lockout_seconds``, doubling with each lock in a row (up to
+      ``2**MAX_LOCK_DOUBLINGS`` times), so a persistent guesser is slowed ever more.
+
+    An attacker who does not know the password cannot make an address known, so across any
+    number of addresses they get at most ``web.lockout_attempts`` password checks per lock
+    period. Attempts are serialised by a lock on the row that counts them (the pair's, or the
+    account's for unknown addresses), taken before the count and the lock are read, so
+    parallel guesses are each counted. The price: under attack, the owner logging in from a
+    new address waits for the lock like the attacker does (fail closed).
     """
     name = name.strip()[:64]
     if "\x00" in name:  # PostgreSQL text cannot hold NUL: no such user, answered like any other
         name = ""
+    address = address.replace("\x00", "")[:100]
     failed: str | None = None
     actor: Actor | None = None
     checked = False  # whether the real hash was verified (else a dummy one is, after the lock is let go)
@@ -89,44 +119,91 @@ def check_login(conn: psycopg.Connection[Any], name: str, password: str, web: We
         conn.execute("SET LOCAL lock_timeout = '10s'")
         user = conn.execute("SELECT name, role, centre_id, active FROM users WHERE name = %s", (name,)).fetchone() if name else None
         # FOR UPDATE re-reads the row once the lock is ours: the count and lock of every attempt before this one.
-        account = conn.execute(
-            """SELECT password_hash, failed_logins, coalesce(locked_until > now(), false) AS locked
-               FROM web_accounts WHERE user_name = %s FOR UPDATE""",
-            (name,),
+        pair = conn.execute(
+            """SELECT failed_logins, coalesce(locked_until > now(), false) AS locked FROM login_pairs
+               WHERE user_name = %s AND address = %s AND last_login > now() - make_interval(days => %s) FOR UPDATE""",
+            (name, address, KNOWN_ADDRESS_DAYS),
         ).fetchone() if user else None
+        account = conn.execute(
+            """SELECT password_hash, failed_logins, locks, coalesce(locked_until > now(), false) AS locked,
+                      coalesce(locked_until > now() - make_interval(secs => %s), false) AS recently_locked
+               FROM web_accounts WHERE user_name = %s""" + ("" if pair else " FOR UPDATE"),
+            (web.lockout_seconds * 2 ** MAX_LOCK_DOUBLINGS, name),
+        ).fetchone() if user else None
+        locked = (pair or account or {}).get("locked", False)
         if user is None or account is None:
             failed = "unknown user" if user is None else "no password set"
-        elif account["locked"]:
-            failed = "account locked"
+        elif locked:
+            failed = "locked for this address" if pair else "account locked"
         elif not (checked := True) or not _verify(account["password_hash"], password):
-            attempts = conn.execute(
-                "UPDATE web_accounts SET failed_logins = failed_logins + 1 WHERE user_name = %s RETURNING failed_logins", (name,)
-            ).fetchone()["failed_logins"]  # type: ignore[index]
-            if attempts >= web.lockout_attempts:
-                conn.execute(
-                    "UPDATE web_accounts SET failed_logins = 0, locked_until = now() + make_interval(secs => %s) WHERE user_name = %s",
-                    (web.lockout_seconds, name),
-                )
-                audit.record(conn, name, "login.locked", "user", name, {"attempts": attempts, "seconds": web.lockout_seconds})
             failed = "wrong password"
+            lock = _count_failure(conn, name, address, known=pair is not None, account=account, web=web)
+            if lock:
+                audit.record(conn, name, "login.locked", "user", name, lock)
         elif not user["active"]:
             failed = "account disabled"
         elif user["role"] not in WEB_ROLES:
             failed = f"role {user['role']} does not use the web pages"
         else:
-            conn.execute("UPDATE web_accounts SET failed_logins = 0, locked_until = NULL WHERE user_name = %s", (name,))
+            _count_success(conn, name, address, known=pair is not None)
             if _HASHER.check_needs_rehash(account["password_hash"]):
                 conn.execute("UPDATE web_accounts SET password_hash = %s WHERE user_name = %s", (_HASHER.hash(password), name))
             actor = Actor(user["name"], user["role"], user["centre_id"])
         # The audit row names the account tried; only known names, so typed passwords
         # pasted into the name field do not land in the log.
         if user is not None:
-            audit.record(conn, name, "login" if actor else "login.failed", "user", name, {} if actor else {"why": failed})
+            detail = {"address": address} if actor else {"why": failed, "address": address}
+            audit.record(conn, name, "login" if actor else "login.failed", "user", name, detail)
     if not checked:
         _verify(_DUMMY_HASH, password)  # the same time as a real check, without holding the account's lock
     if actor is None:
         raise Unauthenticated(LOGIN_FAILED)
     return actor
+
+
+def _count_failure(conn: psycopg.Connection[Any], name: str, address: str, *, known: bool, account: dict[str, Any],
+                   web: WebSettings) -> dict[str, Any] | None:
+    """Count a wrong password against the pair (known address) or the account (every other
+    address); the audit detail of the lock when this failure locks it, else None."""
+    if known:
+        attempts = conn.execute(
+            """UPDATE login_pairs SET failed_logins = failed_logins + 1 WHERE user_name = %s AND address = %s
+               RETURNING failed_logins""", (name, address)).fetchone()["failed_logins"]  # type: ignore[index]
+        if attempts < web.lockout_attempts:
+            return None
+        conn.execute(
+            """UPDATE login_pairs SET failed_logins = 0, locked_until = now() + make_interval(secs => %s)
+               WHERE user_name = %s AND address = %s""", (web.lockout_seconds, name, address))
+        return {"attempts": attempts, "seconds": web.lockout_seconds, "scope": "address", "address": address}
+    attempts = conn.execute(
+        "UPDATE web_accounts SET failed_logins = failed_logins + 1 WHERE user_name = %s RETURNING failed_logins", (name,)
+    ).fetchone()["failed_logins"]  # type: ignore[index]
+    if attempts < web.lockout_attempts:
+        return None
+    # A lock soon after the last one ended is one more in a row: twice as long, up to the cap.
+    locks = account["locks"] + 1 if account["recently_locked"] else 1
+    seconds = web.lockout_seconds * 2 ** min(locks - 1, MAX_LOCK_DOUBLINGS)
+    conn.execute(
+        """UPDATE web_accounts SET failed_logins = 0, locks = %s, locked_until = now() + make_interval(secs => %s)
+           WHERE user_name = %s""", (locks, seconds, name))
+    return {"attempts": attempts, "seconds": seconds, "scope": "unknown addresses", "locks_in_a_row": locks, "address": address}
+
+
+def _count_success(conn: psycopg.Connection[Any], name: str, address: str, *, known: bool) -> None:
+    """Clear the count that this login went through, and remember ``address`` as the account's own."""
+    if known:  # the account's count (strangers' guesses) stays: the owner's login does not reset it
+        conn.execute("""UPDATE login_pairs SET failed_logins = 0, locked_until = NULL, last_login = now()
+                        WHERE user_name = %s AND address = %s""", (name, address))
+        return
+    conn.execute("UPDATE web_accounts SET failed_logins = 0, locked_until = NULL, locks = 0 WHERE user_name = %s", (name,))
+    conn.execute(
+        """INSERT INTO login_pairs (user_name, address) VALUES (%s, %s)
+           ON CONFLICT (user_name, address) DO UPDATE SET last_login = now(), failed_logins = 0, locked_until = NULL""",
+        (name, address))
+    conn.execute(
+        """DELETE FROM login_pairs WHERE user_name = %s AND (last_login <= now() - make_interval(days => %s) OR address NOT IN
+             (SELECT address FROM login_pairs WHERE user_name = %s ORDER BY last_login DESC LIMIT %s))""",
+        (name, KNOWN_ADDRESS_DAYS, name, MAX_KNOWN_ADDRESSES))
 
 
 def _verify(hashed: str, password: str) -> bool:

@@ -105,19 +105,26 @@ def record_answer(conn: psycopg.Connection[Any], answer: Answer) -> dict[str, An
     return stored[0] if stored else answer.response
 
 
-def record_insert(conn: psycopg.Connection[Any], answer: Answer, reference_id: str, row_id: int) -> dict[str, Any]:
-    """An INSERT done: the reference active at ``row_id`` and its response, in one transaction."""
+def record_inserts(conn: psycopg.Connection[Any], done: list[tuple[Answer, str, int]]) -> list[dict[str, Any]]:
+    """A batch of INSERTs done, (answer, referenceId, gallery row) each, in one transaction.
+
+    Returns the stored responses in order (an earlier one wins for a repeated requestId,
+    and its reference is left as it is).
+    """
+    out: list[dict[str, Any]] = []
     with conn.transaction():
-        if not _insert_answer(conn, answer):
-            raise psycopg.Rollback()
-        conn.execute(
-            """INSERT INTO mosip_references (reference_id, row_id, state, request_id) VALUES (%s, %s, 'active', %s)
-               ON CONFLICT (reference_id) DO UPDATE SET row_id = EXCLUDED.row_id, state = 'active',
-                   request_id = EXCLUDED.request_id, inserted_at = now(), deleted_at = NULL""",
-            (reference_id, row_id, answer.request_id))
-        return answer.response
-    stored = stored_response(conn, answer.request_id)
-    return stored[0] if stored else answer.response
+        for answer, reference_id, row_id in done:
+            if not _insert_answer(conn, answer):
+                stored = stored_response(conn, answer.request_id)
+                out.append(stored[0] if stored else answer.response)
+                continue
+            conn.execute(
+                """INSERT INTO mosip_references (reference_id, row_id, state, request_id) VALUES (%s, %s, 'active', %s)
+                   ON CONFLICT (reference_id) DO UPDATE SET row_id = EXCLUDED.row_id, state = 'active',
+                       request_id = EXCLUDED.request_id, inserted_at = now(), deleted_at = NULL""",
+                (reference_id, row_id, answer.request_id))
+            out.append(answer.response)
+    return out
 
 
 def record_delete(conn: psycopg.Connection[Any], answer: Answer, reference_id: str) -> dict[str, Any]:

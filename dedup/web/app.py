@@ -49,7 +49,7 @@ from dedup.errors import (
 from dedup.web import accuracy, api, pages
 from dedup.web.deps import WebContext
 from dedup.web.images import CropMaker
-from dedup.web.limits import LoginThrottle, UploadSlots
+from dedup.web.limits import LoginThrottle, UploadSlots, client_address
 from dedup.web.scoring import meaning_function
 from dedup.web.views import error_response
 
@@ -156,7 +156,7 @@ def create_app(dep: Deployment) -> FastAPI:
         if request.method != "POST" or request.url.path != "/login":
             return await call_next(request)
         ctx: WebContext = request.app.state.web
-        address = request.client.host if request.client else "unknown"
+        address = client_address(request)
         try:
             delay = ctx.throttle.before_attempt(address)
         except Throttled as exc:

@@ -14,12 +14,19 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 
+from starlette.requests import Request
+
 from dedup.config import WebSettings
 from dedup.errors import RequestTimeout, Throttled
 
 # Addresses remembered at most: an attacker with many addresses cannot grow the table without end.
 MAX_ADDRESSES = 100_000
 FIRST_DELAY = 0.25  # seconds; doubles with every failure past the free ones
+
+
+def client_address(request: Request) -> str:
+    """The client's address as this server sees it: the TCP peer (behind a proxy, the proxy's)."""
+    return request.client.host if request.client else "unknown"
 
 
 class LoginThrottle:

@@ -20,6 +20,7 @@ from dedup.store.gallery import gallery_health
 from dedup.store.users import authorize
 from dedup.web.deps import LOGIN_COOKIE, SESSION_COOKIE, Conn, Ctx, User, check_csrf
 from dedup.web.images import for_browser
+from dedup.web.limits import client_address
 from dedup.web.scoring import describe
 from dedup.web.views import login_page, render, safe_next, see_other
 
@@ -59,7 +60,7 @@ def login(request: Request, conn: Conn, ctx: Ctx, username: str = Form(""), pass
     if not isinstance(expected, str) or not auth.csrf_ok(expected, csrf_token):
         raise PermissionDenied("the login form's security token is missing or out of date; reload the login page")
     try:
-        actor = auth.check_login(conn, username, password, ctx.dep.settings.web)
+        actor = auth.check_login(conn, username, password, ctx.dep.settings.web, client_address(request))
     except Unauthenticated as exc:
         return login_page(request, str(exc), status=401, next_path=next)
     web = ctx.dep.settings.web

@@ -16,4 +16,4 @@ def test_one_million_face_like_meets_the_recall_target() -> None:
     assert report["duplicate_recall"] >= 0.999
     assert report["ram_bytes_per_template"] <= 48
     assert report["capped_probes"] == 0
-    assert report["baselines"]["flat"]["duplicate_recall"] == 1.0
+    assert report["baselines"]["exact"]["duplicate_recall"] == 1.0

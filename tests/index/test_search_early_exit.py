@@ -45,11 +45,14 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 @pytest.mark.parametrize("threshold", THRESHOLDS)
 def test_early_exit_misses_nothing_the_fixed_search_found(built: tuple[Gallery, SyntheticData],
                                                           threshold: float) -> None:
+    from dedup.index.search import cpu_ivf
+
     gallery, data = built
     probes = data.probes().vectors
     assert gallery.codec is not None and gallery.codec.bounds is not None
-    assert gallery.codec.bounds.at(threshold) is not None  # the threshold-aware path is the one tested
-    params = SearchParams(threshold=threshold, nprobe=32, depth=16)
+    # The threshold-aware path is the one tested.
+    assert gallery.codec.bounds.at(threshold) is not None and all(cpu_ivf(s.index) for s in gallery.shards())
+    params = SearchParams(threshold=threshold, nprobe=32, depth=16, early_exit=True)
     fast = gallery.search(probes, params)
     fixed = gallery.search(probes, dataclasses.replace(params, early_exit=False))
     truth = exact_pairs(data.gallery().vectors, probes, threshold - 1e-5)
@@ -81,7 +84,7 @@ def test_bounds_prune_lists_and_fall_back_below_the_grid(built: tuple[Gallery, S
     visited = (dist - dist[:, :1] <= gap).sum(axis=1)
     assert visited.mean() < 32  # most probes visit fewer lists than nprobe
     assert codec.bounds.at(0.5) is None  # below the measured grid: the fixed search
-    low = SearchParams(threshold=0.5, nprobe=8, max_candidates=5)
+    low = SearchParams(threshold=0.5, nprobe=8, max_candidates=5, early_exit=True)
     a = gallery.search(probes[:50], low)
     b = gallery.search(probes[:50], dataclasses.replace(low, early_exit=False))
     for f in ("offsets", "row_ids", "scores", "capped"):
@@ -103,3 +106,37 @@ def test_bounds_survive_save_and_load(tmp_path: Path) -> None:
     again = Codec.load(tmp_path / "c.faiss")
     assert again.bounds == bounds
     assert bounds.at(0.955) == (bounds.list_gap[4], bounds.est_error[4])  # the next lower grid point, 0.95
+
+
+def test_the_default_search_finds_mates_from_outside_the_codecs_training_sample(tmp_path: Path) -> None:
+    """A new deployment's codec is trained on synthetic templates; its real templates come from
+    elsewhere. The threshold-aware search's bounds are measured on the training sample, and on
+    such probes it lost mates (8 of 40 here, 2026-12-01), so the default search is the fixed
+    one (``search.early_exit`` off), which finds every one."""
+    from dedup.config import Settings
+    from dedup.pipeline import synthetic_sample
+
+    rng = np.random.default_rng(0)
+    sample = synthetic_sample(128, 20_000)
+    mean = sample.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    gallery = Gallery.create(tmp_path / "g", "m", 128)
+    gallery.train(sample)
+    probes, mates = [], []
+    for _ in range(40):  # directions far from the synthetic cone, as real templates were
+        d = rng.normal(size=128)
+        d -= (d @ mean) * mean
+        base = -0.2 * mean + 0.98 * d / np.linalg.norm(d) + 0.25 * rng.normal(size=128) / np.sqrt(128)
+        base /= np.linalg.norm(base)
+        noise = rng.normal(size=128)
+        noise -= (noise @ base) * base
+        c = rng.uniform(0.93, 0.999)
+        probes.append(base)
+        mates.append(c * base + np.sqrt(1 - c * c) * noise / np.linalg.norm(noise))
+    gallery.add(np.asarray(mates, dtype=np.float32), [f"m{i}" for i in range(len(mates))])
+    gallery = Gallery.open(tmp_path / "g")
+    params = SearchParams.from_settings(Settings().search, 0.92)
+    assert not params.early_exit
+    found = gallery.search(np.asarray(probes, dtype=np.float32), params)
+    assert found.counts().tolist() == [1] * len(probes)
+

@@ -246,6 +246,17 @@ def test_unknown_reference_ids_give_12(abis: AbisEnv) -> None:
     assert fail_code(m.request("delete", referenceId=str(uuid.uuid4()))) == "12"
 
 
+def test_an_old_requesttime_is_not_an_expired_request(abis: AbisEnv) -> None:
+    """MOSIP writes requesttime when it builds a request and may send it much later (an
+    IDENTIFY waits for its INSERT's answer): only the broker's clock decides "aborted" (2)."""
+    m = abis.mosip
+    assert m is not None
+    old = "2020-03-29T07:01:24.692Z"
+    r = m.request("identify", requesttime=old, referenceId=ref("astronaut2"))
+    assert r["returnValue"] == "1" and ref("astronaut") in {c["referenceId"] for c in r["candidateList"]["candidates"]}
+    assert m.request("referenceCount", requesttime=old)["returnValue"] == "1"
+
+
 def test_delete_removes_the_reference_from_the_gallery(abis: AbisEnv) -> None:
     m = abis.mosip
     assert m is not None

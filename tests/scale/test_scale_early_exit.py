@@ -17,12 +17,12 @@ def test_distributed_early_exit_equals_local(client: object, layouts: dict[str, 
                                              block: int) -> None:
     built = layouts[layout]
     gallery = Gallery.open(built.root)
-    params = gallery.with_bounds(built.params)
+    params = gallery.with_bounds(dataclasses.replace(built.params, early_exit=True))
     assert params.early_exit and params.bounds is not None
     assert params.bounds.at(params.threshold) is not None  # the early exit is what runs here
     local = gallery.search(built.probes.vectors, params)
     assert local.counts().sum() > 0
-    got = search_gallery(client, built.root, built.probes.vectors, built.params, ClusterSearch(probe_block=block))
+    got = search_gallery(client, built.root, built.probes.vectors, params, ClusterSearch(probe_block=block))
     for f in ("offsets", "row_ids", "scores", "capped", "searched_depth"):
         np.testing.assert_array_equal(getattr(got, f), getattr(local, f), err_msg=f)
     # And nothing the fixed search finds is missing from it.
