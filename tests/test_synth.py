@@ -307,12 +307,9 @@ def real_templates():
     Biden (face_recognition 1.3.0's test photos, fetched into a cache), Collins, Hopper."""
     from dedup.config import FaceSettings
     from dedup.face import embed_photos
-    from tests.support.real_photos import PhotosUnavailable, distinct_captures, real_photos, with_other_people
+    from tests.support.real_photos import distinct_captures, real_photos, with_other_people
 
-    try:
-        captures = distinct_captures(with_other_people(real_photos()))
-    except PhotosUnavailable as exc:
-        pytest.skip(f"real photo pairs unavailable: {exc}")
+    captures = distinct_captures(with_other_people(real_photos()))
     result = embed_photos([str(p.path) for p in captures], FaceSettings(workers=1, device="cpu"))
     assert [r.reason for r in result.results] == [None] * len(captures), [(r.source, r.reason) for r in result.results]
     return result.embeddings.astype(np.float64), [p.person for p in captures]

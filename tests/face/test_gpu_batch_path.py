@@ -16,7 +16,7 @@ from dedup.face.model import FaceModel, load_model
 from dedup.face.prepare import PhotoBytes
 from tests.face.builtin_models import shipped_retinaface
 from tests.support.photos import encode, resize, side_by_side
-from tests.support.real_photos import PhotosUnavailable, real_photos
+from tests.support.real_photos import real_photos
 
 SFACE = FaceSettings(workers=1, device="cpu", detector="retinaface", model="sface", batch_size=4)
 DLIB_RETINA = FaceSettings(workers=1, device="cpu", detector="retinaface", batch_size=4)
@@ -48,10 +48,7 @@ def photos(astronaut, grace, grace_jpeg, coffee) -> list[PhotoBytes]:  # type: i
         PhotoBytes("astronaut_large.jpg", encode(resize(astronaut, 1.7), "JPEG", quality=90)),
         PhotoBytes("truncated.jpg", grace_jpeg[: len(grace_jpeg) // 3]),
     ]
-    try:
-        real = real_photos()
-    except PhotosUnavailable as exc:
-        pytest.skip(str(exc))
+    real = real_photos()
     items += [PhotoBytes(name, p.path.read_bytes()) for name, p in sorted(real.items())]
     return items
 

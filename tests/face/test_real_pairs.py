@@ -10,7 +10,7 @@ from dedup.config import FaceSettings
 from dedup.face.model import load_model
 from dedup.face.prepare import Preparer
 from dedup.face.threshold import SFACE_COSINE_THRESHOLD
-from tests.support.real_photos import PhotosUnavailable, distinct_captures, genuine_pairs, impostor_pairs, real_photos, with_other_people
+from tests.support.real_photos import distinct_captures, genuine_pairs, impostor_pairs, real_photos, with_other_people
 
 SFACE = FaceSettings(workers=1, device="cpu", detector="retinaface", model="sface")
 # OpenCV Zoo's documented SFace operating point (cosine 0.363; models/face_recognition_sface/sface.py).
@@ -19,10 +19,7 @@ OPENCV_COSINE = SFACE_COSINE_THRESHOLD
 
 @pytest.fixture(scope="module")
 def photos():  # type: ignore[no-untyped-def]
-    try:
-        return with_other_people(real_photos())
-    except PhotosUnavailable as exc:
-        pytest.skip(f"real photo pairs unavailable: {exc}")
+    return with_other_people(real_photos())  # missing photos fail, naming the set-up command
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dedup.face.prepare import PhotoBytes, Preparer
 from dedup.face.retinaface import RetinaFace, decode, level_sizes, priors
 from tests.face.builtin_models import LIMITS, retinaface_reference, retinaface_session, shipped_retinaface, variants
 from tests.support.photos import encode, resize, side_by_side
-from tests.support.real_photos import PhotosUnavailable, real_photos
+from tests.support.real_photos import real_photos
 
 TOL = 1e-4
 
@@ -31,10 +31,7 @@ def session():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def obama() -> np.ndarray:
-    try:
-        path = real_photos()["obama.jpg"].path
-    except PhotosUnavailable as exc:
-        pytest.skip(str(exc))
+    path = real_photos()["obama.jpg"].path
     from dedup.face.retinaface import shrink
 
     return shrink(decode_image(path.read_bytes(), LIMITS), 640)[0]

@@ -188,12 +188,13 @@ def test_orphans_and_leftovers_are_reported(gallery_copy: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs (a real file system that fills up), or skip where mounting is not allowed."""
+    """A 3 MiB tmpfs (a real file system that fills up); the suite runs as root, so mounting is allowed."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+        pytest.fail(f"cannot mount a tmpfs here ({r.stderr.strip()}): the disk-full tests need a real file "
+                    "system that fills up; run the suite as root, as `make test` does")
     try:
         yield mnt
     finally:

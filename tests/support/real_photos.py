@@ -22,8 +22,8 @@ The cache is ``$DEDUP_TEST_PHOTOS`` or ``~/.cache/dedup-test-photos``; ``python 
 tests.support.real_photos`` (set-up, run by ``make test``) runs ``pip download --no-deps
 --no-binary :all: face_recognition==1.3.0`` into it (the ordinary client, the package index
 only). Nothing is downloaded while tests run: :class:`PhotosUnavailable` is raised when the
-cache is empty (pytest run without the set-up step), and tests turn that into a skip naming
-the command to run.
+cache is empty (pytest run without the set-up step): the test fails with it, naming the
+command to run, rather than passing as skipped.
 """
 
 from __future__ import annotations
