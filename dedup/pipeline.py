@@ -364,11 +364,7 @@ class Runner:
 
     def threshold_now(self, conn: psycopg.Connection[Any], model_id: str) -> ThresholdInForce:
         """The threshold in force at the gallery's size now, never below the last unit's on the same basis."""
-        from dedup.operating_point import ratchet, threshold_in_force
-
-        now = threshold_in_force(model_id, self.gallery_size(), self.dep.settings, self.dep.home)
-        last = runs.last_threshold(conn, model_id)
-        return ratchet(now, None if last is None else last.value, None if last is None else last.basis)
+        return live.in_force_now(self.dep, conn, model_id, self.gallery_size())
 
     def _record_threshold(self, conn: psycopg.Connection[Any], unit_id: int, in_force: ThresholdInForce) -> None:
         """A changed threshold is an audit row, in the decision's transaction (so exactly once)."""

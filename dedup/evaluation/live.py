@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
@@ -48,6 +48,9 @@ from dedup.evaluation.tail import TailModel, fit_tail, fpir_from_fmr
 from dedup.ids import gallery_name
 from dedup.store import accuracy as store
 from dedup.store import audit
+
+if TYPE_CHECKING:
+    from dedup.operating_point import ThresholdInForce
 
 ATTRIBUTES = ("sex", "birth_year", "region")
 BAND_YEARS = 10                 # birth years are grouped in decades: 1970-1979, ...
@@ -379,15 +382,20 @@ def accuracy_report(dep: Any, conn: psycopg.Connection[Any], threshold: float, t
     return report
 
 
-def threshold_now(dep: Any, conn: psycopg.Connection[Any], model_id: str, gallery_size: int) -> tuple[float, str]:
-    """The threshold in force (value, source) at the gallery's size, as ``dedup run`` judges the
-    next unit: the one policy (``dedup.operating_point``), never below the last unit's."""
+def in_force_now(dep: Any, conn: psycopg.Connection[Any], model_id: str, gallery_size: int) -> ThresholdInForce:
+    """The threshold in force at the gallery's size, as ``dedup run`` judges the next unit: the
+    one policy (``dedup.operating_point``), never below the last unit's on the same basis."""
     from dedup.operating_point import ratchet, threshold_in_force
     from dedup.store.runs import last_threshold
 
     got = threshold_in_force(model_id, gallery_size, dep.settings, home=dep.home)
     last = last_threshold(conn, model_id)
-    got = ratchet(got, None if last is None else last.value, None if last is None else last.basis)
+    return ratchet(got, None if last is None else last.value, None if last is None else last.basis)
+
+
+def threshold_now(dep: Any, conn: psycopg.Connection[Any], model_id: str, gallery_size: int) -> tuple[float, str]:
+    """``(value, source)`` of :func:`in_force_now`."""
+    got = in_force_now(dep, conn, model_id, gallery_size)
     return float(got.value), str(got.source)
 
 
