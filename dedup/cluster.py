@@ -136,10 +136,14 @@ def place_shards(shards: Sequence[str], workers: Sequence[str]) -> dict[str, str
 
 
 def probe_blocks(n_probes: int, block: int) -> list[tuple[int, int]]:
-    """Consecutive ``(start, stop)`` blocks of at most ``block`` probes covering ``0..n_probes``."""
+    """Consecutive ``(start, stop)`` blocks of about ``block`` probes covering ``0..n_probes``;
+    a short tail is folded into the block before it (``dedup.index.search.even_blocks``), so no
+    worker gets a block small enough to fall off BLAS speed in the coarse step."""
+    from dedup.index.search import even_blocks
+
     if block < 1:
         raise InvalidParameter(f"probe block must be >= 1, got {block}")
-    return [(lo, min(lo + block, n_probes)) for lo in range(0, n_probes, block)]
+    return even_blocks(n_probes, block)
 
 
 # --------------------------------------------------------------------------- worker side

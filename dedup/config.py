@@ -42,6 +42,7 @@ class IndexSettings:
     nlist: int = setting(0, "IVF coarse lists; 0 picks about 2*sqrt(N) for the gallery size, rounded to a power of two (at most train_size/39)")
     pq_m: int = setting(0, "PQ sub-quantisers per template; 0 picks about dim/4 (32 at 128-d, 128 at 512-d); bytes of code are pq_m/2 with 4-bit fast-scan, pq_m with 8-bit")
     pq_bits: int = setting(4, "bits per PQ sub-quantiser: 4 (fast-scan, fastest) or 8")
+    rotation: str = setting("opq", "rotation learned before product quantisation when the codec is trained: opq (balances the templates' spread over the PQ groups; fewer missed pairs at the same nprobe and depth) or none")
     train_size: int = setting(100_000, "templates sampled to train the codec (coarse centroids and PQ codebooks)")
     shard_capacity: int = setting(4_000_000, "templates per shard before a new shard is started")
     exact_dtype: str = setting("float32", "dtype of the exact vectors kept for re-ranking: float32 (exact decisions) or float16 (half the disk; scores move by up to ~1e-4, so pairs right at the threshold can flip)")
@@ -52,6 +53,7 @@ class IndexSettings:
     def __post_init__(self) -> None:
         require(self.nlist >= 0, "nlist must be >= 0")
         require(self.pq_bits in (4, 8), "pq_bits must be 4 or 8")
+        require(self.rotation in ("opq", "none"), "rotation must be opq or none")
         require(self.pq_m >= 0, "pq_m must be >= 0 (0 = about dim/4)")
         require(self.train_size >= 1000, "train_size must be >= 1000")
         require(self.shard_capacity >= 1, "shard_capacity must be >= 1")
@@ -66,7 +68,7 @@ class SearchSettings:
     """How probes are searched against the gallery and candidates decided."""
 
     threshold: float = setting(0.0, "exact cosine at or above which a gallery row is a candidate; 0 (the default) follows the threshold in force: the deployment's calibration, else the face model's card, for calibration.target_fpir at the gallery's size (rising as it grows); a value pins it, with a warning when it implies an FPIR above the target")
-    nprobe: int = setting(48, "IVF lists visited per probe (deepened probes visit more)")
+    nprobe: int = setting(64, "IVF lists visited per probe (deepened probes visit more); 64 holds duplicate recall >= 0.999 at 1M face-like with the OPQ codec (benchmarks/results/sweep-1m-face-like-*.json)")
     depth: int = setting(16, "PQ-ranked rows re-ranked exactly per probe before deepening")
     max_depth: int = setting(4096, "deepest a probe is searched when all of its re-ranked rows are above the threshold")
     max_candidates: int = setting(100, "candidates kept per probe (highest exact scores); probes that hit it are reported as capped")

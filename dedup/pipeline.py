@@ -423,6 +423,16 @@ class Runner:
             gallery = deployed.open_gallery(self.dep)
             if gallery is not None and gallery.codec is not None:  # an untrained one is trained on first use
                 self._gallery = gallery
+                self._warn_if_outgrown(gallery)
+
+    def _warn_if_outgrown(self, gallery: Any) -> None:
+        """Say once per run when the gallery has outgrown its codec (``dedup.index.codec.outgrown``)."""
+        from dedup.index.codec import outgrown
+
+        message = outgrown(gallery.codec.nlist, len(gallery), self.dep.settings.index.train_size)
+        if message is not None:
+            self.report.warnings.append(message)
+            self.progress(f"warning: {message}")
 
     def gallery_size(self) -> int:
         """Templates in the deployment's gallery now (0 before it exists)."""

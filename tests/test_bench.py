@@ -19,6 +19,19 @@ REQUIRED_KEYS = ["gallery_size", "dim", "profile", "probes_per_s", "duplicate_re
 SMALL = Settings(index=IndexSettings(nlist=64, pq_m=16, train_size=5000))
 
 
+def test_defaults_hold_duplicate_recall_at_the_threshold_in_force() -> None:
+    """The default codec (OPQ) and search (nprobe 64, depth 16) at the threshold the policy puts
+    in force for the gallery's size: no planted pair above it is lost, nothing is capped, and
+    the FPIR its non-mated probes show is consistent with the target."""
+    report = run_bench(BenchSpec(gallery_size=200_000, queries=2_000, profile="face-like", seed=21, flat_queries=200))
+    assert report["threshold_in_force"]["source"] == "model-card" and report["codec"]["rotation"] == "opq"
+    assert report["search"]["nprobe"] == 64 and report["search"]["depth"] == 16
+    assert report["duplicate_pairs"] > 500
+    assert report["duplicate_recall"] >= 0.999, report["missed_pairs"]
+    assert report["capped_probes"] <= 0.01 * report["queries"]
+    assert report["fpir_ci"][0] <= report["target_fpir"]
+
+
 def test_report_has_every_promised_figure() -> None:
     spec = BenchSpec(gallery_size=8_000, queries=300, profile="face-like", dim=64, shards=2, seed=4, nprobe=32)
     report = run_bench(spec, SMALL)

@@ -3,8 +3,8 @@
 - ``exact``: the fastest exact threshold search on this machine: FAISS inner-product k-NN
   over the whole gallery (``faiss.knn``, k = ``max_candidates``, probes in blocks of 2,048)
   or dedup's torch matrix-product search, whichever a short calibration finds faster.
-- ``faiss-refine``: ``IndexIVFPQFastScan`` with dedup's own trained codec (same nlist and
-  PQ) inside ``IndexRefineFlat`` (float vectors in RAM), k = dedup's depth; ``nprobe`` and
+- ``faiss-refine``: ``IndexIVFPQFastScan`` with dedup's own trained codec (same rotation,
+  nlist and PQ) inside ``IndexRefineFlat`` (float vectors in RAM), k = dedup's depth; ``nprobe`` and
   ``k_factor`` swept, cheapest first, to the first setting that reaches dedup's recall.
 - ``hnsw``: hnswlib (inner product), ``ef`` swept upwards until it reaches dedup's recall,
   or its recall stops improving (reported as its plateau).
@@ -25,6 +25,7 @@ import numpy as np
 from dedup.errors import InvalidParameter
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
+from dedup.index.rotation import ivf_of, ivf_params
 
 EXACT_BLOCK = 2048
 REFINE_NPROBES = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -145,7 +146,7 @@ class FaissRefineEngine:
         import faiss
 
         self.params, self.row_ids = params, row_ids
-        self.nlist = int(trained_index.nlist)
+        self.nlist = int(ivf_of(trained_index).nlist)
         t0 = time.perf_counter()
         base = faiss.clone_index(trained_index)
         self.index = faiss.IndexRefineFlat(base)
@@ -163,7 +164,7 @@ class FaissRefineEngine:
         s = setting or self.setting
         k = min(self.params.depth, self.index.ntotal)
         sp = faiss.IndexRefineSearchParameters(k_factor=float(s["k_factor"]),
-                                               base_index_params=faiss.SearchParametersIVF(nprobe=s["nprobe"]))
+                                               base_index_params=ivf_params(self.index.base_index, s["nprobe"]))
         dist, labels = self.index.search(probes, k, params=sp)
         return knn_candidates((1.0 - dist / 2.0).astype(np.float32), labels, self.row_ids, self.params)
 

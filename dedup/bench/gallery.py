@@ -242,7 +242,7 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
         "target_fpir": in_force.target_fpir,
         "warnings": list(in_force.warnings),
         "shards": spec.shards,
-        "codec": asdict(codec_spec),
+        "codec": {**asdict(codec_spec), "rotation": index_settings.rotation},
         "train_size": train_n,
         "exact_dtype": index_settings.exact_dtype,
         "search": _search_json(params),

@@ -31,6 +31,7 @@ import numpy as np
 
 from dedup.errors import GalleryError
 from dedup.index.coarse import distances
+from dedup.index.rotation import ivf_of, to_index_space
 
 COS_GRID = (0.99, 0.98, 0.97, 0.96, 0.95, 0.94, 0.93, 0.92, 0.90, 0.88, 0.85, 0.80)
 SAMPLE = 4096         # training templates measured (each gets one probe per grid point)
@@ -86,7 +87,7 @@ def measure_bounds(index: Any, sample: np.ndarray, seed: int = 1234) -> SearchBo
     base /= np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
     probe_index = faiss.clone_index(index)
     probe_index.add_with_ids(base, np.arange(m, dtype=np.int64))
-    nlist = int(index.nlist)
+    nlist = int(ivf_of(index).nlist)
     own = distances(index, base).argmin(axis=1)
     sizes = np.bincount(own, minlength=nlist)
     near = min(MEASURE_NPROBE, nlist)
@@ -134,11 +135,13 @@ def measure_bounds(index: Any, sample: np.ndarray, seed: int = 1234) -> SearchBo
 def search_preassigned(index: Any, probes: np.ndarray, k: int, lists: np.ndarray,
                        list_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """FAISS IVF search of given lists per probe (``-1`` skips a slot); thread-safe (the
-    list count goes in the call's parameters, not on the shared index)."""
+    list count goes in the call's parameters, not on the shared index). ``index`` is the
+    stored index and ``probes`` raw: a rotation is applied here."""
     import faiss
 
     n = probes.shape[0]
-    probes = np.ascontiguousarray(probes, dtype=np.float32)
+    probes = to_index_space(index, probes)
+    index = ivf_of(index)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     list_dist = np.ascontiguousarray(list_dist, dtype=np.float32)
     dist = np.empty((n, k), dtype=np.float32)

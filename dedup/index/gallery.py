@@ -457,7 +457,7 @@ class Gallery:
             n_expected = expected_size or sample.shape[0]
             nlist = fit_nlist(self.settings.nlist, n_expected, sample.shape[0])
             spec = CodecSpec(self.dim, nlist, choose_pq_m(self.dim, self.settings.pq_m), self.settings.pq_bits)
-            codec = Codec.train(sample, spec, seed=seed)
+            codec = Codec.train(sample, spec, seed=seed, rotation=self.settings.rotation)
             codec.save(self.root / "codec" / f"{codec.version}.faiss")
             self._codec = codec
             self._switch(Manifest(GALLERY_FORMAT, self.manifest.generation + 1, self.model_id, self.dim,
@@ -630,7 +630,8 @@ class Gallery:
         # float16 storage: renormalise so the sample is unit-length again.
         sample /= np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
         nlist = fit_nlist(self.settings.nlist, total, want)
-        return Codec.train(sample, CodecSpec(self.dim, nlist, choose_pq_m(self.dim, self.settings.pq_m), self.settings.pq_bits), seed=seed)
+        spec = CodecSpec(self.dim, nlist, choose_pq_m(self.dim, self.settings.pq_m), self.settings.pq_bits)
+        return Codec.train(sample, spec, seed=seed, rotation=self.settings.rotation)
 
 
 class GalleryWriter:

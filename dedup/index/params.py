@@ -31,7 +31,7 @@ class SearchParams:
     """
 
     threshold: float
-    nprobe: int = 48
+    nprobe: int = 64
     depth: int = 16
     max_depth: int = 4096
     max_candidates: int = 100

@@ -30,6 +30,7 @@ from dedup.index.bounds import search_preassigned
 from dedup.index.coarse import nearest_lists
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
+from dedup.index.rotation import ivf_of, ivf_params
 
 _GATHER_PAIRS = 1 << 17  # (probe, row) slots gathered at once: 64 MiB of float32 at 128-d
 
@@ -93,7 +94,7 @@ def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarr
     """Decide one round from its proposals and their exact scores (``-inf``: not re-ranked):
     record what is final; returns the probes to search deeper."""
     live = shard.meta.live
-    nlist = int(shard.index.nlist)
+    nlist = int(ivf_of(shard.index).nlist)
     t = params.threshold
     found.searched[todo] = np.isfinite(scores).sum(axis=1)
     valid = positions >= 0
@@ -122,16 +123,14 @@ def _deepen(shard: Any, probes: np.ndarray, todo: np.ndarray, params: SearchPara
     The coarse step is ours (``nearest_lists``), not FAISS's: FAISS switches between a BLAS
     and a scalar distance loop by batch size, so the same probe could get other lists (and
     rows) depending on how many probes happened to deepen with it."""
-    import faiss
-
-    nlist = int(shard.index.nlist)
+    nlist = int(ivf_of(shard.index).nlist)
     ours = cpu_ivf(shard.index)
     while todo.size:
         if ours:
             dist, lists = nearest_lists(shard.index, probes[todo], nprobe)
             _, positions = search_preassigned(shard.index, probes[todo], depth, lists, dist)
         else:  # e.g. a faiss GPU index: FAISS's own coarse step
-            _, positions = shard.index.search(probes[todo], depth, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            _, positions = shard.index.search(probes[todo], depth, params=ivf_params(shard.index, nprobe))
         scores = rerank(shard.vectors, probes[todo], positions, positions >= 0)
         todo = _round(shard, probes, todo, positions, scores, params, depth, nprobe, depth_cap, found)
         depth = min(depth * 4, depth_cap)
@@ -139,16 +138,16 @@ def _deepen(shard: Any, probes: np.ndarray, todo: np.ndarray, params: SearchPara
 
 
 def cpu_ivf(index: Any) -> bool:
-    """Whether ``index`` is a CPU FAISS IVF index (our coarse step and ``search_preassigned``
-    apply); GPU indexes keep FAISS's own search."""
+    """Whether ``index`` is a CPU FAISS IVF index, rotated or not (our coarse step and
+    ``search_preassigned`` apply); GPU indexes keep FAISS's own search."""
     import faiss
 
-    return isinstance(index, faiss.IndexIVF)
+    return isinstance(ivf_of(index), faiss.IndexIVF)
 
 
 def _start(shard: Any, params: SearchParams) -> tuple[int, int, int]:
     depth_cap = min(params.max_depth, shard.meta.live)
-    return min(params.depth, depth_cap), min(params.nprobe, int(shard.index.nlist)), depth_cap
+    return min(params.depth, depth_cap), min(params.nprobe, int(ivf_of(shard.index).nlist)), depth_cap
 
 
 def fixed_search(shard: Any, probes: np.ndarray, params: SearchParams) -> Candidates:
@@ -202,7 +201,7 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
         scores[hit] = rerank(shard.vectors, probes[hit], positions[hit], positions[hit] >= 0)
     todo = _round(shard, probes, np.arange(n), positions, scores, params, depth, nprobe, depth_cap, found)
     if todo.size:
-        _deepen(shard, probes, todo, params, min(depth * 4, depth_cap), min(nprobe * 2, int(shard.index.nlist)),
+        _deepen(shard, probes, todo, params, min(depth * 4, depth_cap), min(nprobe * 2, int(ivf_of(shard.index).nlist)),
                 depth_cap, found)
     return found.result(params.max_candidates)
 

@@ -60,7 +60,9 @@ def test_no_workers_is_a_clear_error() -> None:
 @given(n=st.integers(0, 10_000), block=st.integers(1, 5000))
 def test_probe_blocks_cover_without_gaps(n: int, block: int) -> None:
     blocks = probe_blocks(n, block)
-    assert all(0 < hi - lo <= block for lo, hi in blocks)
+    assert all(0 < hi - lo < block + (block + 1) // 2 for lo, hi in blocks)
+    # No tail short enough to fall off BLAS speed: only a lone block may be under half a block.
+    assert len(blocks) == 1 or all(hi - lo >= block // 2 for lo, hi in blocks)
     assert [lo for lo, _ in blocks] == ([0] + [hi for _, hi in blocks[:-1]] if blocks else [])
     assert (blocks[-1][1] if blocks else 0) == n
 
