@@ -133,14 +133,15 @@ def measure_bounds(index: Any, sample: np.ndarray, seed: int = 1234) -> SearchBo
 
 
 def search_preassigned(index: Any, probes: np.ndarray, k: int, lists: np.ndarray,
-                       list_dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       list_dist: np.ndarray, rotated: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """FAISS IVF search of given lists per probe (``-1`` skips a slot); thread-safe (the
     list count goes in the call's parameters, not on the shared index). ``index`` is the
-    stored index and ``probes`` raw: a rotation is applied here."""
+    stored index and ``probes`` raw (a rotation is applied here) or, with ``rotated``, already
+    in its space."""
     import faiss
 
     n = probes.shape[0]
-    probes = to_index_space(index, probes)
+    probes = np.ascontiguousarray(probes, dtype=np.float32) if rotated else to_index_space(index, probes)
     index = ivf_of(index)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
     list_dist = np.ascontiguousarray(list_dist, dtype=np.float32)

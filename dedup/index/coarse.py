@@ -5,7 +5,8 @@ product plus ``torch.topk`` is cheaper (measured at 2,048 lists, top 48, blocks 
 probes on 2 cores: about 1.5x), and the result is computed once per probe block and shared
 by every shard (they all use the gallery's one codec). Distances are squared L2, as
 FAISS reports them, so they can be handed to ``search_preassigned``. Each function takes
-the stored index (with its rotation, ``dedup.index.rotation``) and raw probes.
+the stored index (with its rotation, ``dedup.index.rotation``) and raw probes, or probes
+already in the index's space with ``rotated=True`` (a search rotates them once per shard).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ def centroids(index: Any) -> tuple[np.ndarray, np.ndarray]:
     return cents, norms
 
 
-def distances(index: Any, probes: np.ndarray) -> np.ndarray:
+def distances(index: Any, probes: np.ndarray, rotated: bool = False) -> np.ndarray:
     """Squared L2 distance of every probe to every centroid, (n, nlist) float32."""
     cents, norms = centroids(index)
-    probes = to_index_space(index, probes)
+    probes = np.ascontiguousarray(probes, dtype=np.float32) if rotated else to_index_space(index, probes)
     out = probes @ cents.T
     out *= -2.0
     out += norms[None, :]
@@ -50,13 +51,13 @@ def distances(index: Any, probes: np.ndarray) -> np.ndarray:
     return out
 
 
-def nearest_lists(index: Any, probes: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+def nearest_lists(index: Any, probes: np.ndarray, nprobe: int, rotated: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(distances, lists)`` of each probe's ``nprobe`` nearest lists, nearest first."""
     import torch
 
     nlist = int(ivf_of(index).nlist)
     nprobe = min(nprobe, nlist)
-    d = torch.from_numpy(distances(index, probes))
+    d = torch.from_numpy(distances(index, probes, rotated))
     if nprobe == nlist:
         vals, idx = torch.sort(d, dim=1)
     else:

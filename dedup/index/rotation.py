@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from dedup.errors import GalleryError
+
 ROTATIONS = ("opq", "none")
 ITERATIONS = 10         # OPQ's alternations of PQ training and Procrustes rotation
 SAMPLE = 32_768         # templates the rotation is learned on (about 7 s at 128-d on 2 cores)
@@ -63,7 +65,7 @@ def rotation_of(index: Any) -> np.ndarray | None:
     at = None
     if isinstance(index, faiss.IndexPreTransform):
         if index.chain.size() != 1:
-            raise ValueError("an index with more than one pre-transform is not a dedup codec")
+            raise GalleryError("an index with more than one pre-transform is not a dedup codec (damaged or foreign file?)")
         lt = faiss.downcast_VectorTransform(index.chain.at(0))
         at = np.ascontiguousarray(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T, dtype=np.float32)
     if len(_MATRICES) >= _MAX_CACHED:
@@ -106,9 +108,8 @@ def learn_rotation(sample: np.ndarray, pq_m: int, pq_bits: int, seed: int = 1234
     opq.pq = pq  # our PQ (the codec's shape) instead of FAISS's default 8-bit one
     opq.niter = ITERATIONS
     opq.train(x)
-    rotation = faiss.vector_to_array(opq.A).reshape(d, d).astype(np.float32)
-    del pq  # opq.pq pointed at it; not used after training
-    return rotation
+    # `pq` stays referenced until here: opq.pq points at it during training (FAISS does not own it).
+    return faiss.vector_to_array(opq.A).reshape(d, d).astype(np.float32)
 
 
 def rotated_index(ivf: Any, rotation: np.ndarray) -> Any:

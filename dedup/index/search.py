@@ -30,7 +30,7 @@ from dedup.index.bounds import search_preassigned
 from dedup.index.coarse import nearest_lists
 from dedup.index.params import SearchParams
 from dedup.index.results import Candidates
-from dedup.index.rotation import ivf_of, ivf_params
+from dedup.index.rotation import ivf_of, ivf_params, to_index_space
 
 _GATHER_PAIRS = 1 << 17  # (probe, row) slots gathered at once: 64 MiB of float32 at 128-d
 
@@ -116,9 +116,10 @@ def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarr
     return todo[deeper]
 
 
-def _deepen(shard: Any, probes: np.ndarray, todo: np.ndarray, params: SearchParams, depth: int, nprobe: int,
-            depth_cap: int, found: _Found) -> None:
-    """The fixed search's rounds from ``depth``/``nprobe`` on, for the probes in ``todo``.
+def _deepen(shard: Any, probes: np.ndarray, coded: np.ndarray, todo: np.ndarray, params: SearchParams, depth: int,
+            nprobe: int, depth_cap: int, found: _Found) -> None:
+    """The fixed search's rounds from ``depth``/``nprobe`` on, for the probes in ``todo``
+    (``coded``: the probes in the index's space, rotated once by the caller).
 
     The coarse step is ours (``nearest_lists``), not FAISS's: FAISS switches between a BLAS
     and a scalar distance loop by batch size, so the same probe could get other lists (and
@@ -127,8 +128,8 @@ def _deepen(shard: Any, probes: np.ndarray, todo: np.ndarray, params: SearchPara
     ours = cpu_ivf(shard.index)
     while todo.size:
         if ours:
-            dist, lists = nearest_lists(shard.index, probes[todo], nprobe)
-            _, positions = search_preassigned(shard.index, probes[todo], depth, lists, dist)
+            dist, lists = nearest_lists(shard.index, coded[todo], nprobe, rotated=True)
+            _, positions = search_preassigned(shard.index, coded[todo], depth, lists, dist, rotated=True)
         else:  # e.g. a faiss GPU index: FAISS's own coarse step
             _, positions = shard.index.search(probes[todo], depth, params=ivf_params(shard.index, nprobe))
         scores = rerank(shard.vectors, probes[todo], positions, positions >= 0)
@@ -156,7 +157,7 @@ def fixed_search(shard: Any, probes: np.ndarray, params: SearchParams) -> Candid
     found = _Found(n)
     if shard.meta.live and n:
         depth, nprobe, depth_cap = _start(shard, params)
-        _deepen(shard, probes, np.arange(n), params, depth, nprobe, depth_cap, found)
+        _deepen(shard, probes, to_index_space(shard.index, probes), np.arange(n), params, depth, nprobe, depth_cap, found)
     return found.result(params.max_candidates)
 
 
@@ -181,12 +182,13 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
     gap, est_error = limits
     t = params.threshold
     depth, nprobe, depth_cap = _start(shard, params)
+    coded = to_index_space(shard.index, probes)
     if coarse is None or coarse[1].shape[1] < nprobe:
-        coarse = nearest_lists(shard.index, probes, nprobe)
+        coarse = nearest_lists(shard.index, coded, nprobe, rotated=True)
     dist = np.ascontiguousarray(coarse[0][:, :nprobe])
     lists = np.ascontiguousarray(coarse[1][:, :nprobe])
     inside = dist - dist[:, :1] <= gap
-    est, positions = search_preassigned(shard.index, probes, depth, np.where(inside, lists, -1), dist)
+    est, positions = search_preassigned(shard.index, coded, depth, np.where(inside, lists, -1), dist, rotated=True)
     reach = max(0.0, 2.0 - 2.0 * t) + est_error  # squared L2: estimates above this cannot reach t
     scores = rerank(shard.vectors, probes, positions, _worth(positions, est, reach))
     found = _Found(n)
@@ -197,12 +199,12 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
         found.add(hit[hp], shard.row_ids[positions[hit[hp], hk]], scores[hit[hp], hk])
         wide = hit[~inside[hit].all(axis=1)]
         if wide.size:
-            _, positions[wide] = search_preassigned(shard.index, probes[wide], depth, lists[wide], dist[wide])
+            _, positions[wide] = search_preassigned(shard.index, coded[wide], depth, lists[wide], dist[wide], rotated=True)
         scores[hit] = rerank(shard.vectors, probes[hit], positions[hit], positions[hit] >= 0)
     todo = _round(shard, probes, np.arange(n), positions, scores, params, depth, nprobe, depth_cap, found)
     if todo.size:
-        _deepen(shard, probes, todo, params, min(depth * 4, depth_cap), min(nprobe * 2, int(ivf_of(shard.index).nlist)),
-                depth_cap, found)
+        _deepen(shard, probes, coded, todo, params, min(depth * 4, depth_cap),
+                min(nprobe * 2, int(ivf_of(shard.index).nlist)), depth_cap, found)
     return found.result(params.max_candidates)
 
 

@@ -3,6 +3,7 @@ on face-like templates, and travels with the codec and every shard built from it
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def _near_probes(x: np.ndarray, cos: float, seed: int) -> np.ndarray:
 
 
 def _gallery(root: Path, x: np.ndarray, rotation: str) -> Gallery:
-    settings = IndexSettings(**{**SETTINGS.__dict__, "rotation": rotation})
+    settings = dataclasses.replace(SETTINGS, rotation=rotation)
     g = Gallery.create(root, "synthetic:face-like", x.shape[1], settings)
     g.train(x, seed=3)
     g.add(x, [f"e{i}" for i in range(x.shape[0])])
