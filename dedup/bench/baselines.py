@@ -102,7 +102,8 @@ class ExactEngine:
         self.calibration: dict[str, float] = {}
 
     def calibrate(self, probes: np.ndarray) -> None:
-        """Time both exact methods on ``probes``; keep the faster."""
+        """Time both exact methods on ``probes`` (the probes the engine will be timed on: the
+        block size decides FAISS's path); keep the faster."""
         rates = {}
         for method in ("faiss-knn", "torch-matmul"):
             self.method = method

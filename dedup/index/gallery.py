@@ -287,8 +287,7 @@ class Gallery:
         params = self.with_bounds(params)
         codec = self.codec
         # All shards share the gallery's codec: one coarse step per block serves them all.
-        shared = codec is not None and params.bounds is not None and \
-            all(s.meta.codec_version == codec.version for s in shards)
+        shared = codec is not None and all(s.meta.codec_version == codec.version for s in shards)
         results = []
         for lo, hi in even_blocks(probes.shape[0], block):
             part = probes[lo:hi]

@@ -16,8 +16,9 @@ class SearchParams:
     Every gallery row whose exact cosine with the probe is ``>= threshold`` is wanted.
     IVF-PQ proposes the ``depth`` best rows by approximate score from ``nprobe`` lists;
     they are re-ranked exactly. While the exact score of a probe's last proposed row is
-    still within ``deepen_margin`` of the threshold, more rows may be above it, so the probe
-    is searched again four times deeper, up to ``max_depth``. At most ``max_candidates``
+    still within ``deepen_margin`` of the threshold, or at least half its proposals are above
+    it, more rows may be above it, so the probe is searched again four times deeper (and
+    twice as wide), up to ``max_depth``. At most ``max_candidates``
     rows (the highest) are kept; a probe that hits either limit is marked ``capped``.
 
     With ``early_exit`` and the codec's measured ``bounds`` (``dedup.index.bounds``), each

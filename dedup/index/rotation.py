@@ -35,6 +35,7 @@ SAMPLE = 32_768         # templates the rotation is learned on (about 7 s at 128
 
 # index object id -> (index, A^T or None); the index is held so the id stays its own.
 _MATRICES: dict[int, tuple[Any, np.ndarray | None]] = {}
+_MATRICES64: dict[int, tuple[Any, np.ndarray]] = {}
 _MAX_CACHED = 64
 
 
@@ -78,7 +79,21 @@ def to_index_space(index: Any, x: np.ndarray) -> np.ndarray:
     """``x`` (float32, raw) as the IVF index inside ``index`` sees it."""
     at = rotation_of(index)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return x if at is None else np.ascontiguousarray(x @ at)
+    if at is None:
+        return x
+    # In float64, then rounded: a float32 product rounds a row differently depending on where
+    # it falls in BLAS's tiles, and a probe must land on the same point in any batch.
+    return np.ascontiguousarray(x.astype(np.float64) @ _float64(index, at), dtype=np.float32)
+
+
+def _float64(index: Any, at: np.ndarray) -> np.ndarray:
+    hit = _MATRICES64.get(id(index))
+    if hit is not None and hit[0] is index:
+        return hit[1]
+    if len(_MATRICES64) >= _MAX_CACHED:
+        _MATRICES64.clear()
+    _MATRICES64[id(index)] = (index, at.astype(np.float64))
+    return _MATRICES64[id(index)][1]
 
 
 def ivf_params(index: Any, nprobe: int) -> Any:

@@ -92,7 +92,13 @@ def rerank(vectors: Any, probes: np.ndarray, positions: np.ndarray, mask: np.nda
 def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarray, scores: np.ndarray,
            params: SearchParams, depth: int, nprobe: int, depth_cap: int, found: _Found) -> np.ndarray:
     """Decide one round from its proposals and their exact scores (``-inf``: not re-ranked):
-    record what is final; returns the probes to search deeper."""
+    record what is final; returns the probes to search deeper.
+
+    A probe searches deeper while its last proposal is still at the threshold, or while at
+    least half its proposals are above it. The second rule is for many rows just above the
+    threshold (one identity enrolled many times): the PQ estimate's noise can rank one of
+    them, just below the threshold, last, and the first rule alone would stop there with
+    more above it unproposed (measured: 126 of 290 captures found on one CPU, all on another)."""
     live = shard.meta.live
     nlist = int(ivf_of(shard.index).nlist)
     t = params.threshold
@@ -100,10 +106,11 @@ def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarr
     valid = positions >= 0
     n_valid = valid.sum(axis=1)
     last = scores[np.arange(todo.size), np.maximum(n_valid - 1, 0)]
-    near = (n_valid > 0) & (last >= t - params.deepen_margin)
+    above = (scores >= t).sum(axis=1)
+    near = (n_valid > 0) & ((last >= t - params.deepen_margin) | (2 * above >= np.maximum(n_valid, 2)))
     # A probe that already has max_candidates rows above the threshold is capped:
     # searching deeper could only swap in rows the PQ ranked lower.
-    full = near & ((scores >= t).sum(axis=1) >= params.max_candidates)
+    full = near & (above >= params.max_candidates)
     found.capped[todo[full]] = True
     can_go_deeper = (depth < depth_cap) or (nprobe < nlist)
     deeper = near & ~full if can_go_deeper else np.zeros_like(near)
@@ -117,9 +124,10 @@ def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarr
 
 
 def _deepen(shard: Any, probes: np.ndarray, coded: np.ndarray, todo: np.ndarray, params: SearchParams, depth: int,
-            nprobe: int, depth_cap: int, found: _Found) -> None:
+            nprobe: int, depth_cap: int, found: _Found, coarse: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The fixed search's rounds from ``depth``/``nprobe`` on, for the probes in ``todo``
-    (``coded``: the probes in the index's space, rotated once by the caller).
+    (``coded``: the probes in the index's space, rotated once by the caller; ``coarse``: the
+    nearest lists of the probes in ``todo`` when already known, used by the first round).
 
     The coarse step is ours (``nearest_lists``), not FAISS's: FAISS switches between a BLAS
     and a scalar distance loop by batch size, so the same probe could get other lists (and
@@ -128,7 +136,11 @@ def _deepen(shard: Any, probes: np.ndarray, coded: np.ndarray, todo: np.ndarray,
     ours = cpu_ivf(shard.index)
     while todo.size:
         if ours:
-            dist, lists = nearest_lists(shard.index, coded[todo], nprobe, rotated=True)
+            if coarse is not None and coarse[1].shape[1] >= nprobe:
+                dist, lists = (np.ascontiguousarray(c[:, :nprobe]) for c in coarse)
+            else:
+                dist, lists = nearest_lists(shard.index, coded[todo], nprobe, rotated=True)
+            coarse = None
             _, positions = search_preassigned(shard.index, coded[todo], depth, lists, dist, rotated=True)
         else:  # e.g. a faiss GPU index: FAISS's own coarse step
             _, positions = shard.index.search(probes[todo], depth, params=ivf_params(shard.index, nprobe))
@@ -151,13 +163,16 @@ def _start(shard: Any, params: SearchParams) -> tuple[int, int, int]:
     return min(params.depth, depth_cap), min(params.nprobe, int(ivf_of(shard.index).nlist)), depth_cap
 
 
-def fixed_search(shard: Any, probes: np.ndarray, params: SearchParams) -> Candidates:
-    """The fixed IVF-PQ threshold search (see the module docstring)."""
+def fixed_search(shard: Any, probes: np.ndarray, params: SearchParams,
+                 coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+    """The fixed IVF-PQ threshold search (see the module docstring); ``coarse`` as for
+    ``threshold_search``."""
     n = probes.shape[0]
     found = _Found(n)
     if shard.meta.live and n:
         depth, nprobe, depth_cap = _start(shard, params)
-        _deepen(shard, probes, to_index_space(shard.index, probes), np.arange(n), params, depth, nprobe, depth_cap, found)
+        _deepen(shard, probes, to_index_space(shard.index, probes), np.arange(n), params, depth, nprobe, depth_cap,
+                found, coarse)
     return found.result(params.max_candidates)
 
 
@@ -178,7 +193,7 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
     n = probes.shape[0]
     limits = params.bounds.at(params.threshold) if (params.early_exit and params.bounds is not None) else None
     if limits is None or not shard.meta.live or not n or not cpu_ivf(shard.index):
-        return fixed_search(shard, probes, params)
+        return fixed_search(shard, probes, params, coarse)
     gap, est_error = limits
     t = params.threshold
     depth, nprobe, depth_cap = _start(shard, params)
