@@ -18,46 +18,39 @@ already in the index's space with ``rotated=True`` (a search rotates them once p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from dedup.index.derived import derived
 from dedup.index.rotation import ivf_of, to_index_space
 
-# index object id -> (index, centroids, squared norms); the index is held so the id stays its own.
-_CENTROIDS: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
-_MAX_CACHED = 64
-# index object id -> (index, [-2 C^T; |c|^2; 1] in float64), the right-hand side of the coarse product.
-_PRODUCT: dict[int, tuple[Any, np.ndarray]] = {}
 _TILE_BYTES = 1 << 22  # a float32 coarse distance tile of about 4 MiB
 
 
 def centroids(index: Any) -> tuple[np.ndarray, np.ndarray]:
     """The coarse centroids of an IVF index (float32, (nlist, d), in the index's space) and
     their squared norms."""
+    return derived(index, "centroids", lambda: _read_centroids(index))
+
+
+def _read_centroids(index: Any) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
-    hit = _CENTROIDS.get(id(index))
-    if hit is not None and hit[0] is index:
-        return hit[1], hit[2]
     quantizer = faiss.downcast_index(ivf_of(index).quantizer)
     cents = faiss.rev_swig_ptr(quantizer.get_xb(), quantizer.ntotal * quantizer.d)
     cents = np.array(cents, dtype=np.float32).reshape(quantizer.ntotal, quantizer.d)
-    norms = np.einsum("ij,ij->i", cents, cents).astype(np.float32)
-    if len(_CENTROIDS) >= _MAX_CACHED:
-        _CENTROIDS.clear()
-    _CENTROIDS[id(index)] = (index, cents, norms)
-    return cents, norms
+    return cents, np.einsum("ij,ij->i", cents, cents).astype(np.float32)
 
 
 def distances(index: Any, probes: np.ndarray, rotated: bool = False) -> np.ndarray:
-    """Squared L2 distance of every probe to every centroid, (n, nlist) float32."""
-    cents, norms = centroids(index)
+    """Squared L2 distance of every probe to every centroid, (n, nlist) float32 (the same
+    values the search's coarse step sees)."""
     probes = np.ascontiguousarray(probes, dtype=np.float32) if rotated else to_index_space(index, probes)
-    out = probes @ cents.T
-    out *= -2.0
-    out += norms[None, :]
-    out += np.einsum("ij,ij->i", probes, probes)[:, None]
+    out = np.empty((probes.shape[0], centroids(index)[0].shape[0]), dtype=np.float32)
+    for lo, tile in _distance_tiles(index, probes):
+        out[lo:lo + tile.shape[0]] = tile
     return out
 
 
@@ -68,35 +61,45 @@ def _rows_per_product(nlist: int) -> int:
     return max(32, min(256, _TILE_BYTES // (4 * nlist)))
 
 
-def nearest_lists(index: Any, probes: np.ndarray, nprobe: int, rotated: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(distances, lists)`` of each probe's ``nprobe`` nearest lists, nearest first.
-
-    A probe gets the same lists and distances in any batch: the product runs in float64
-    (BLAS's rounding differences between tile positions stay far below float32's step) in
-    tiles of a fixed shape, the distances are rounded to float32, and the selection is per row."""
+def _distance_tiles(index: Any, coded: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first probe, float32 distances of a tile of probes to every centroid)`` over
+    ``coded`` (probes in the index's space). The product runs in float64 (BLAS's rounding
+    differences between tile positions stay far below float32's step) in tiles of a fixed
+    shape, the last one padded; the yielded array is reused by the next tile."""
     cents, norms = centroids(index)
-    rhs = _right_hand_side(index, cents, norms)
-    probes = np.ascontiguousarray(probes, dtype=np.float32) if rotated else to_index_space(index, probes)
-    n, (nlist, d) = probes.shape[0], cents.shape
-    nprobe = min(nprobe, nlist)
-    out_d = np.empty((n, nprobe), dtype=np.float32)
-    out_l = np.empty((n, nprobe), dtype=np.int64)
+    nlist, d = cents.shape
+    # [p, 1, |p|^2] @ [-2 C^T; |c|^2; 1] = |p - c|^2 in one product.
+    rhs = derived(index, "coarse-product", lambda: np.ascontiguousarray(np.vstack(
+        [-2.0 * cents.T.astype(np.float64), norms[None, :].astype(np.float64), np.ones((1, nlist))])))
     rows = _rows_per_product(nlist)
+    lhs = np.zeros((rows, d + 2), dtype=np.float64)
     tile = np.empty((rows, nlist), dtype=np.float64)
     dist = np.empty((rows, nlist), dtype=np.float32)
-    # [p, 1, |p|^2] @ [-2 C^T; |c|^2; 1] = |p - c|^2 in one product.
-    lhs = np.zeros((rows, d + 2), dtype=np.float64)
-    wide = probes.astype(np.float64)
+    wide = coded.astype(np.float64)
     probe_norms = np.einsum("ij,ij->i", wide, wide)
-    for lo in range(0, n, rows):
-        m = min(rows, n - lo)
+    for lo in range(0, coded.shape[0], rows):
+        m = min(rows, coded.shape[0] - lo)
         lhs[:m, :d] = wide[lo:lo + m]
         lhs[:m, d] = 1.0
         lhs[:m, d + 1] = probe_norms[lo:lo + m]
         lhs[m:] = 0.0
         np.matmul(lhs, rhs, out=tile)
         dist[:] = tile
-        here = dist[:m]
+        yield lo, dist[:m]
+
+
+def nearest_lists(index: Any, probes: np.ndarray, nprobe: int, rotated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(distances, lists)`` of each probe's ``nprobe`` nearest lists, nearest first.
+
+    A probe gets the same lists and distances in any batch (``_distance_tiles``; the
+    selection is per row)."""
+    probes = np.ascontiguousarray(probes, dtype=np.float32) if rotated else to_index_space(index, probes)
+    n, nlist = probes.shape[0], centroids(index)[0].shape[0]
+    nprobe = min(nprobe, nlist)
+    out_d = np.empty((n, nprobe), dtype=np.float32)
+    out_l = np.empty((n, nprobe), dtype=np.int64)
+    for lo, here in _distance_tiles(index, probes):
+        m = here.shape[0]
         pick = np.argpartition(here, nprobe - 1, axis=1)[:, :nprobe] if nprobe < nlist else \
             np.broadcast_to(np.arange(nlist), (m, nlist))
         vals = np.take_along_axis(here, pick, axis=1)
@@ -104,15 +107,3 @@ def nearest_lists(index: Any, probes: np.ndarray, nprobe: int, rotated: bool = F
         out_l[lo:lo + m] = np.take_along_axis(pick, order, axis=1)
         out_d[lo:lo + m] = np.take_along_axis(vals, order, axis=1)
     return out_d, out_l
-
-
-def _right_hand_side(index: Any, cents: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    hit = _PRODUCT.get(id(index))
-    if hit is not None and hit[0] is index:
-        return hit[1]
-    if len(_PRODUCT) >= _MAX_CACHED:
-        _PRODUCT.clear()
-    rhs = np.vstack([-2.0 * cents.T.astype(np.float64), norms[None, :].astype(np.float64),
-                     np.ones((1, cents.shape[0]), dtype=np.float64)])
-    _PRODUCT[id(index)] = (index, np.ascontiguousarray(rhs))
-    return _PRODUCT[id(index)][1]

@@ -28,15 +28,11 @@ from typing import Any
 import numpy as np
 
 from dedup.errors import GalleryError
+from dedup.index.derived import derived
 
 ROTATIONS = ("opq", "none")
 ITERATIONS = 10         # OPQ's alternations of PQ training and Procrustes rotation
 SAMPLE = 32_768         # templates the rotation is learned on (about 7 s at 128-d on 2 cores)
-
-# index object id -> (index, A^T or None); the index is held so the id stays its own.
-_MATRICES: dict[int, tuple[Any, np.ndarray | None]] = {}
-_MATRICES64: dict[int, tuple[Any, np.ndarray]] = {}
-_MAX_CACHED = 64
 
 
 def _typed(index: Any) -> Any:
@@ -58,21 +54,18 @@ def ivf_of(index: Any) -> Any:
 
 def rotation_of(index: Any) -> np.ndarray | None:
     """``A^T`` of the index's rotation (so ``x @ A^T`` is ``x`` in its space), or ``None``."""
+    return derived(index, "rotation", lambda: _read_rotation(index))
+
+
+def _read_rotation(index: Any) -> np.ndarray | None:
     import faiss
 
-    hit = _MATRICES.get(id(index))
-    if hit is not None and hit[0] is index:
-        return hit[1]
-    at = None
-    if isinstance(index, faiss.IndexPreTransform):
-        if index.chain.size() != 1:
-            raise GalleryError("an index with more than one pre-transform is not a dedup codec (damaged or foreign file?)")
-        lt = faiss.downcast_VectorTransform(index.chain.at(0))
-        at = np.ascontiguousarray(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T, dtype=np.float32)
-    if len(_MATRICES) >= _MAX_CACHED:
-        _MATRICES.clear()
-    _MATRICES[id(index)] = (index, at)
-    return at
+    if not isinstance(index, faiss.IndexPreTransform):
+        return None
+    if index.chain.size() != 1:
+        raise GalleryError("an index with more than one pre-transform is not a dedup codec (damaged or foreign file?)")
+    lt = faiss.downcast_VectorTransform(index.chain.at(0))
+    return np.ascontiguousarray(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T, dtype=np.float32)
 
 
 def to_index_space(index: Any, x: np.ndarray) -> np.ndarray:
@@ -83,17 +76,8 @@ def to_index_space(index: Any, x: np.ndarray) -> np.ndarray:
         return x
     # In float64, then rounded: a float32 product rounds a row differently depending on where
     # it falls in BLAS's tiles, and a probe must land on the same point in any batch.
-    return np.ascontiguousarray(x.astype(np.float64) @ _float64(index, at), dtype=np.float32)
-
-
-def _float64(index: Any, at: np.ndarray) -> np.ndarray:
-    hit = _MATRICES64.get(id(index))
-    if hit is not None and hit[0] is index:
-        return hit[1]
-    if len(_MATRICES64) >= _MAX_CACHED:
-        _MATRICES64.clear()
-    _MATRICES64[id(index)] = (index, at.astype(np.float64))
-    return _MATRICES64[id(index)][1]
+    at64 = derived(index, "rotation-float64", lambda: at.astype(np.float64))
+    return np.ascontiguousarray(x.astype(np.float64) @ at64, dtype=np.float32)
 
 
 def ivf_params(index: Any, nprobe: int) -> Any:
