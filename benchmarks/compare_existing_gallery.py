@@ -40,7 +40,7 @@ dedup, baselines = compare(gallery, probes.vectors, params, truth.score, spec.co
                            2000, 3, spec.hnsw_m, spec.hnsw_ef_construction, spec.seed)
 stats = gallery.stats()
 report = {"gallery_size": n, "queries": spec.queries, "dim": dim, "profile": "face-like", "seed": 1, "threshold": params.threshold,
-          "search": _search_json(gallery.with_bounds(params)), "codec": stats["codec"], "shards": stats["shards"],
+          "search": _search_json(gallery.with_measured(params)), "codec": stats["codec"], "shards": stats["shards"],
           "ram_bytes_per_template": stats["index_bytes_per_template"], "machine": machine_info(), **dedup,
           "baselines": baselines, "compare_s": time.time() - t0, "script_s": time.time() - t_start,
           "note": "comparison run on the gallery built by `dedup bench` minutes earlier (same spec); "

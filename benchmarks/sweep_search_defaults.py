@@ -38,7 +38,7 @@ truth = _Truth(probes, params.threshold)
 for blk in _blocks(data, lambda k: None):
     truth.observe(blk.row_ids, blk.vectors)
 g = Gallery.open(args.gallery)
-params = g.with_bounds(params)
+params = g.with_measured(params)
 runs, out = {}, {}
 for item in args.settings.split(","):
     npb, depth = (int(v) for v in item.split("x"))

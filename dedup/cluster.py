@@ -470,7 +470,7 @@ def search_gallery(client: Any, root: Path | str, probes: np.ndarray, params: Se
     gallery = Gallery.open(Path(root))
     probes = check_probes(probes, gallery.dim)
     # The codec's measured bounds travel with the parameters, so workers search as Gallery.search does.
-    return search_shards(client, gallery.shard_paths(), probes, gallery.with_bounds(params), plan)
+    return search_shards(client, gallery.shard_paths(), probes, gallery.with_measured(params), plan)
 
 
 def worker_loads(client: Any) -> dict[str, list[str]]:

@@ -68,7 +68,8 @@ class SearchSettings:
     """How probes are searched against the gallery and candidates decided."""
 
     threshold: float = setting(0.0, "exact cosine at or above which a gallery row is a candidate; 0 (the default) follows the threshold in force: the deployment's calibration, else the face model's card, for calibration.target_fpir at the gallery's size (rising as it grows); a value pins it, with a warning when it implies an FPIR above the target")
-    nprobe: int = setting(64, "IVF lists visited per probe (deepened probes visit more); 64 holds duplicate recall >= 0.999 at 1M face-like with the OPQ codec (benchmarks/results/sweep-1m-face-like-*.json)")
+    nprobe: int = setting(64, "IVF lists visited per probe (deepened probes visit more) while the gallery has no list coverage measured for its codec (`dedup gallery coverage`), or too few pairs in it; 64 holds duplicate recall >= 0.999 at 1M face-like with the OPQ codec (benchmarks/results/sweep-1m-face-like-*.json)")
+    recall_target: float = setting(0.999, "duplicate recall the list count is chosen to hold: where the gallery has a list coverage measurement for its codec with enough pairs at the threshold (about 3.8/(1 - recall_target)), a probe visits the fewest lists that hold it with 95% confidence, in place of nprobe; 0 always uses nprobe")
     depth: int = setting(16, "PQ-ranked rows re-ranked exactly per probe before deepening")
     max_depth: int = setting(4096, "deepest a probe is searched when all of its re-ranked rows are above the threshold")
     max_candidates: int = setting(100, "candidates kept per probe (highest exact scores); probes that hit it are reported as capped")
@@ -79,6 +80,7 @@ class SearchSettings:
     def __post_init__(self) -> None:
         require(-1.0 <= self.threshold <= 1.0, "threshold is a cosine: between -1 and 1")
         require(self.nprobe >= 1, "nprobe must be >= 1")
+        require(0.0 <= self.recall_target < 1.0, "recall_target must be >= 0 and < 1")
         require(self.depth >= 1, "depth must be >= 1")
         require(self.max_depth >= self.depth, "max_depth must be >= depth")
         require(self.max_candidates >= 1, "max_candidates must be >= 1")

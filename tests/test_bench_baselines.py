@@ -72,7 +72,17 @@ def test_faiss_refine_tuned_to_full_recall_finds_exactly_the_truth(small: tuple)
     # The sweep stopped at the first setting that reached the target, and not before.
     points = engine.sweep.points
     assert points[-1].recall == 1.0 and all(p.recall < 1.0 for p in points[:-1])
-    assert engine.setting == points[-1].setting
+    # Then nprobe was narrowed between the grid point before and that one: the setting used
+    # reaches the target, and every narrowed nprobe below it did not.
+    chosen = engine.setting
+    assert chosen["k_factor"] == points[-1].setting["k_factor"] and chosen["nprobe"] <= points[-1].setting["nprobe"]
+    assert recall(engine.search(probes), truth) == 1.0
+    narrowed = engine.sweep.narrowed
+    assert all(p.recall < 1.0 for p in narrowed if p.setting["nprobe"] < chosen["nprobe"])
+    below = [p.setting["nprobe"] for p in points if p.setting["nprobe"] < points[-1].setting["nprobe"]]
+    if below and points[-1].setting["nprobe"] - max(below) > 1:
+        assert narrowed, "a gap between grid points is narrowed"
+        assert chosen["nprobe"] - 1 == max(below) or any(p.setting["nprobe"] == chosen["nprobe"] - 1 for p in narrowed)
 
 
 def test_hnsw_tuned_to_full_recall_finds_exactly_the_truth(small: tuple) -> None:

@@ -5,7 +5,9 @@
   or dedup's torch matrix-product search, whichever a short calibration finds faster.
 - ``faiss-refine``: ``IndexIVFPQFastScan`` with dedup's own trained codec (same rotation,
   nlist and PQ) inside ``IndexRefineFlat`` (float vectors in RAM), k = dedup's depth; ``nprobe`` and
-  ``k_factor`` swept, cheapest first, to the first setting that reaches dedup's recall.
+  ``k_factor`` swept, cheapest first, to the first setting that reaches dedup's recall, then
+  ``nprobe`` narrowed by bisection between that grid point and the one before it (dedup's
+  own list count is not on the grid, so a grid step would hand dedup up to a third fewer lists).
 - ``hnsw``: hnswlib (inner product), ``ef`` swept upwards until it reaches dedup's recall,
   or its recall stops improving (reported as its plateau).
 
@@ -58,17 +60,36 @@ class Sweep:
     points: list[SweepPoint] = field(default_factory=list)
     reached: bool = False
     plateau: bool = False
+    narrowed: list[SweepPoint] = field(default_factory=list)  # bisection below the first grid point reached
+    target: float = 1.0
 
     @property
     def chosen(self) -> dict[str, int]:
-        """The setting used: the first that reached the target, else the best recall seen."""
+        """The setting used: the first that reached the target (or the cheapest narrowed one
+        that did), else the best recall seen."""
         if self.reached:
-            return self.points[-1].setting
+            return ([p for p in self.narrowed if p.recall >= self.target] or [self.points[-1]])[-1].setting
         return max(self.points, key=lambda p: p.recall).setting
+
+    def narrow(self, key: str, failed: int, recall_of: Callable[[dict[str, int]], float]) -> None:
+        """Bisect the integer ``key`` of the chosen setting down towards ``failed`` (a value
+        that did not reach the target), the other keys fixed: the smallest value reaching it."""
+        if not self.reached:
+            return
+        lo, hi = failed, self.chosen[key]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            setting = {**self.chosen, key: mid}
+            self.narrowed.append(SweepPoint(setting, recall_of(setting)))
+            if self.narrowed[-1].recall >= self.target:
+                hi = mid
+            else:
+                lo = mid
 
     def to_json(self) -> dict[str, Any]:
         return {"reached_target": self.reached, "plateau": self.plateau, "chosen": self.chosen,
-                "points": [{**p.setting, "recall": p.recall} for p in self.points]}
+                "points": [{**p.setting, "recall": p.recall} for p in self.points],
+                "narrowed": [{**p.setting, "recall": p.recall} for p in self.narrowed]}
 
 
 def sweep(settings: Sequence[dict[str, int]], recall_of: Callable[[dict[str, int]], float], target: float,
@@ -76,7 +97,7 @@ def sweep(settings: Sequence[dict[str, int]], recall_of: Callable[[dict[str, int
     """Try ``settings`` in order (cheapest first); stop at the first whose recall reaches
     ``target``, or (``plateau_steps`` > 0) when recall gained less than ``PLATEAU`` over
     that many steps."""
-    out = Sweep()
+    out = Sweep(target=target)
     for s in settings:
         out.points.append(SweepPoint(dict(s), recall_of(s)))
         if out.points[-1].recall >= target:
@@ -172,6 +193,9 @@ class FaissRefineEngine:
     def tune(self, recall_of: Callable[[Candidates], float], probes: np.ndarray, target: float) -> None:
         settings = [{"nprobe": p, "k_factor": f} for p in REFINE_NPROBES if p <= self.nlist for f in REFINE_K_FACTORS]
         self.sweep = sweep(settings, lambda s: recall_of(self.search(probes, s)), target)
+        if self.sweep.reached:
+            below = [p for p in REFINE_NPROBES if p < self.sweep.chosen["nprobe"]]
+            self.sweep.narrow("nprobe", below[-1] if below else 0, lambda s: recall_of(self.search(probes, s)))
         self.setting = self.sweep.chosen
 
     def describe(self) -> dict[str, Any]:

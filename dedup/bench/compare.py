@@ -32,7 +32,8 @@ def compare(gallery: Gallery, probes: np.ndarray, params: SearchParams, score: C
     """``(dedup's figures, {engine: figures})``; ``score(found, probe_subset=q)`` gives recall etc."""
     stage = stage or (lambda name, total: (lambda n: None))
     q = probes.shape[0]
-    params = gallery.with_bounds(params)
+    configured = gallery.with_measured(dataclasses.replace(params, recall_target=0.0))
+    params = gallery.with_measured(params)
     fixed = dataclasses.replace(params, early_exit=False)
     advance = stage("search (dedup)", q)
     found = gallery.search(probes, params, block=probe_block, progress=advance)
@@ -48,6 +49,12 @@ def compare(gallery: Gallery, probes: np.ndarray, params: SearchParams, score: C
     ram = gallery.stats()["index_bytes_per_template"]
     out: dict[str, Any] = {"dedup-fixed": {**score(found_fixed), "search": "fixed nprobe, no bounds",
                                            "ram_bytes_per_template": ram}}
+    if params.nprobe_source == "measured":
+        # What the measured list count changed: the same search at the configured nprobe.
+        runs["dedup-configured-nprobe"] = (lambda: gallery.search(probes, configured, block=probe_block), q)
+        out["dedup-configured-nprobe"] = {**score(gallery.search(probes, configured, block=probe_block)),
+                                          "search": f"the configured nprobe {configured.nprobe}",
+                                          "nprobe": configured.nprobe, "ram_bytes_per_template": ram}
     described: dict[str, dict[str, Any]] = {}
     if "exact" in engines:
         assert vectors is not None and row_ids is not None

@@ -28,6 +28,7 @@ from dedup.config import IndexSettings, Settings
 from dedup.errors import BadInput, InvalidParameter
 from dedup.evaluation.stats import wilson_interval
 from dedup.index.codec import CodecSpec, choose_pq_m, fit_nlist
+from dedup.index.coverage import MAX_PAIRS, measure_coverage
 from dedup.index.gallery import Gallery
 from dedup.index.memory import Budget, check_fits, gallery_budget
 from dedup.index.params import SearchParams
@@ -154,6 +155,8 @@ def resolve(spec: BenchSpec, settings: Settings) -> tuple[SynthSpec, IndexSettin
         max_candidates=spec.max_candidates or s.max_candidates,
         deepen_margin=s.deepen_margin,
         early_exit=s.early_exit,
+        # --nprobe pins the list count; otherwise the planted duplicates' coverage sets it
+        recall_target=0.0 if spec.nprobe else s.recall_target,
     )
     return data, index, params
 
@@ -262,6 +265,8 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
             report["disk_bytes_per_template"] = stats["disk_bytes_per_template"]
             report["shards"] = stats["shards"]
             report["nlist"] = stats["codec"]["nlist"] if stats["codec"] else None
+            coverage = gallery.coverage
+            report["list_coverage"] = coverage.summary(params.threshold, params.recall_target) if coverage else None
 
             from dedup.bench.compare import compare
 
@@ -271,7 +276,7 @@ def run_bench(spec: BenchSpec, settings: Settings | None = None, progress: bool 
                 min(spec.flat_queries, spec.queries), spec.passes, spec.hnsw_m, spec.hnsw_ef_construction, spec.seed,
                 stage=reporter.stage)
             report.update(dedup)
-            report["search"] = _search_json(gallery.with_bounds(params))
+            report["search"] = _search_json(gallery.with_measured(params))
             report["search_s"] = spec.queries / report["probes_per_s"]
             if spec.device:
                 from dedup.bench.scaling import torch_exact_baseline
@@ -383,9 +388,18 @@ def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train
     del sample
     add_s = 0.0
     advance = reporter.stage("generate + add", data.spec.gallery_size)
+    # Planted duplicates and their first captures (same block): pairs found without the
+    # search, for the gallery's list coverage (dedup.index.coverage).
+    planted: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    n_planted = 0
     with gallery.writer() as writer:
         for blk in _blocks(data, advance):
             truth.observe(blk.row_ids, blk.vectors)
+            if n_planted < MAX_PAIRS:
+                dup = np.flatnonzero(blk.duplicate)[: MAX_PAIRS - n_planted]
+                planted[0].append(blk.vectors[dup])
+                planted[1].append(blk.vectors[blk.identity[dup] - blk.row_ids[0]])
+                n_planted += dup.size
             if keep is not None:
                 keep[blk.row_ids] = blk.vectors
             ids = [f"synth-{r}" for r in blk.row_ids.tolist()]
@@ -395,7 +409,13 @@ def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train
         writer.next_row_id = data.spec.gallery_size
         t0 = time.perf_counter()
     add_s += time.perf_counter() - t0  # shard files written on leaving the block
-    return Gallery.open(root, index_settings), {"train_s": train_s, "add_s": add_s}
+    gallery = Gallery.open(root, index_settings)
+    if planted[0]:
+        codec = gallery.codec
+        assert codec is not None
+        gallery.save_coverage(measure_coverage(codec.trained, codec.version, np.concatenate(planted[0]),
+                                               np.concatenate(planted[1]), "planted duplicates of the bench gallery"))
+    return gallery, {"train_s": train_s, "add_s": add_s}
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:

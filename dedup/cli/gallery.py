@@ -1,4 +1,4 @@
-"""``dedup gallery``: gallery index maintenance (stats, verify, compact).
+"""``dedup gallery``: gallery index maintenance (stats, verify, compact, coverage).
 
 In a deployment (``--home``) the main gallery is opened through ``dedup.index.deployed``:
 it must agree with the database's record of it. ``--path`` names any gallery folder; one
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dedup.cli.common import Home, Json, cli_errors, home_dir, print_json
+from dedup.cli.common import Home, Json, User, cli_errors, home_dir, print_json
 
 GROUP = "gallery"
 app = typer.Typer(help="Gallery index maintenance.", no_args_is_help=True)
@@ -151,3 +151,73 @@ def gallery_compact_command(
     else:
         typer.echo(f"compacted: {report['shards_before']} shard(s) -> {report['shards_after']}, "
                    f"codec {report['codec_version']}")
+
+
+@app.command("coverage")
+@cli_errors
+def gallery_coverage_command(
+    templates: Annotated[list[Path], typer.Argument(
+        help="labelled templates Parquet files of the gallery's model (as `dedup eval` reads): "
+             "every pair of captures of one identity is measured")],
+    home: Home = None,
+    path: GalleryPath = None,
+    user: User = None,
+    as_json: Json = False,
+) -> None:
+    """Measure how far down a probe's IVF lists its mates sit, on labelled pairs found
+    without the search, and keep it with the gallery's codec: from then on a search visits
+    the fewest lists that hold search.recall_target at the threshold in force. In a
+    deployment: an admin, with an audit row."""
+    from dedup.config import load_settings
+    from dedup.errors import BadInput, GalleryError, ModelMismatch
+    from dedup.evaluation.data import load_templates
+    from dedup.index.coverage import identity_pairs, measure_coverage
+    from dedup.operating_point import threshold_in_force
+
+    dep, _ = _target(home, path)
+    actor = None
+    if dep is not None:  # the list count decides what every search sees: the admin's call, before any template is read
+        from dedup.store.users import authenticate, authorize
+
+        with dep.database.session() as conn:
+            actor = authenticate(conn, user)
+            authorize(actor, "gallery.coverage")
+    gallery = _open_gallery(home, path)
+    codec = gallery.codec
+    if codec is None:
+        raise GalleryError("the gallery has no trained codec yet: there are no lists to measure")
+    data = load_templates(list(templates))
+    if data.model_id != gallery.model_id or data.vectors.shape[1] != gallery.dim:
+        raise ModelMismatch(f"the labelled templates are of model {data.model_id} ({data.vectors.shape[1]}-d); "
+                            f"the gallery holds {gallery.model_id} ({gallery.dim}-d)")
+    left, right = identity_pairs(data.identity)
+    if left.size == 0:
+        raise BadInput("no identity in the labelled templates has two captures: there is no pair to measure")
+    counts = data.counts()
+    coverage = measure_coverage(codec.trained, codec.version, data.vectors[left], data.vectors[right],
+                                f"labelled templates: {counts['templates']:,} of {counts['identities']:,} identities")
+    settings = load_settings(home_dir(home))
+    in_force = threshold_in_force(gallery.model_id, len(gallery), settings, home_dir(home))
+    summary = coverage.summary(in_force.value, settings.search.recall_target)
+    if dep is None or actor is None:
+        gallery.save_coverage(coverage)
+    else:
+        from dedup.store import audit
+
+        with dep.database.session() as conn, conn.transaction():  # no audit row unless the file was written
+            audit.record(conn, actor.name, "gallery.coverage", "gallery", codec.version, {
+                k: summary[k] for k in ("pairs", "pairs_at_threshold", "threshold", "recall_target", "nprobe", "source")})
+            gallery.save_coverage(coverage)
+    summary["configured_nprobe"] = settings.search.nprobe
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"measured {coverage.pairs:,} pairs ({coverage.source}) with codec {codec.version}")
+    if summary["nprobe"] is None:
+        typer.echo(f"at the threshold in force {in_force.value:.4f}: {summary['pairs_at_threshold']:,} pairs, too few to "
+                   f"hold recall {settings.search.recall_target} with 95% confidence; the search keeps "
+                   f"search.nprobe = {settings.search.nprobe}")
+    else:
+        typer.echo(f"at the threshold in force {in_force.value:.4f}: {summary['pairs_at_threshold']:,} pairs, mates up to "
+                   f"rank {summary['max_rank_at_threshold']}; the search visits {summary['nprobe']} lists per probe "
+                   f"(search.nprobe = {settings.search.nprobe} applies without a measurement)")

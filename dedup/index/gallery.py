@@ -3,6 +3,7 @@
 Layout of a gallery directory::
 
     codec/<version>.faiss (+ .json)   trained codecs (one per version)
+    codec/<version>.coverage.json     list coverage measured with that codec (coverage.py; sealed)
     shards/<name>/                    immutable shards (see shard.py)
     generations/<n>.json              manifests: which shards make generation n
     CURRENT                           the current generation's file name
@@ -42,6 +43,7 @@ from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
 from dedup.faults import crash_point
 from dedup.fsutil import atomic_write_text
 from dedup.index.codec import Codec, CodecSpec, choose_pq_m, fit_nlist
+from dedup.index.coverage import ListCoverage
 from dedup.index.integrity import bytes_digest, disk_errors, seal, unseal
 from dedup.index.memory import Budget, check_fits, write_budget
 from dedup.index.params import SearchParams
@@ -156,6 +158,12 @@ def read_current(root: Path) -> Manifest:
     return manifest
 
 
+def _coverage_facts(coverage: ListCoverage | None) -> dict[str, Any] | None:
+    if coverage is None:
+        return None
+    return {"pairs": coverage.pairs, "source": coverage.source, "measured_at": coverage.measured_at}
+
+
 class Gallery:
     """A gallery opened at one generation (readers) or for writing (``writer``)."""
 
@@ -169,6 +177,8 @@ class Gallery:
         self._verify = verify
         self._shards: dict[str, Shard] = {}
         self._codec: Codec | None = None
+        self._coverage: tuple[str, ListCoverage | None] | None = None  # (codec version, what was read)
+        self._measured_nprobe: dict[tuple[str | None, float, float], int | None] = {}
         self._id_map: tuple[np.ndarray, Any] | None = None
 
     # ------------------------------------------------------------------ opening
@@ -230,6 +240,36 @@ class Gallery:
             self._codec = Codec.load(self.root / "codec" / f"{self.manifest.codec_version}.faiss")
         return self._codec
 
+    @property
+    def coverage(self) -> ListCoverage | None:
+        """The list coverage measured with the current codec (``None``: not measured)."""
+        version = self.manifest.codec_version
+        if not version:
+            return None
+        if self._coverage is None or self._coverage[0] != version:
+            path = self._coverage_path(version)
+            found = None
+            if path.exists():
+                found = ListCoverage.from_dict(unseal(path.read_bytes(), str(path)), str(path))
+                if found.codec_version != version:
+                    raise GalleryError(f"{path}: measured with codec {found.codec_version}, not {version}")
+            self._coverage = (version, found)
+        return self._coverage[1]
+
+    def _coverage_path(self, version: str) -> Path:
+        return self.root / "codec" / f"{version}.coverage.json"
+
+    def save_coverage(self, coverage: ListCoverage) -> None:
+        """Keep ``coverage`` for the codec it was measured with (it must be the current one)."""
+        with disk_errors(self.root, "the gallery's list coverage", intact=_INTACT), self._locked():
+            self._refresh()
+            if coverage.codec_version != self.manifest.codec_version:
+                raise GalleryError(f"list coverage was measured with codec {coverage.codec_version}; "
+                                   f"the gallery's codec is now {self.manifest.codec_version}: measure it again")
+            atomic_write_text(self._coverage_path(coverage.codec_version), seal(coverage.to_dict()))
+            self._coverage = (coverage.codec_version, coverage)
+            self._measured_nprobe.clear()
+
     def shard_paths(self) -> list[Path]:
         """Directories of the current generation's shards."""
         return [self.root / "shards" / name for name in self.manifest.shards]
@@ -272,6 +312,7 @@ class Gallery:
             "index_bytes_per_template": index_bytes / live if live else 0.0,
             "disk_bytes_per_template": disk / live if live else 0.0,
             "vectors_verified": sum(1 for s in shards if s.vectors_verified),
+            "list_coverage": _coverage_facts(self.coverage),
         }
 
     # ------------------------------------------------------------------ searching
@@ -284,7 +325,7 @@ class Gallery:
 
         probes = check_probes(probes, self.dim)
         shards = self.shards()
-        params = self.with_bounds(params)
+        params = self.with_measured(params)
         codec = self.codec
         # All shards share the gallery's codec: one coarse step per block serves them all.
         shared = codec is not None and all(s.meta.codec_version == codec.version for s in shards)
@@ -300,11 +341,23 @@ class Gallery:
                 progress(part.shape[0])
         return concat(results) if results else Candidates.empty(0)
 
-    def with_bounds(self, params: SearchParams) -> SearchParams:
-        """``params`` carrying the codec's measured search bounds (unless they carry their own)."""
+    def with_measured(self, params: SearchParams) -> SearchParams:
+        """``params`` carrying what was measured for the gallery's codec: its search bounds
+        (unless they carry their own) and, with a ``recall_target``, the list count its list
+        coverage holds at the threshold (``dedup.index.coverage``; the configured ``nprobe``
+        where there is none, or too few pairs)."""
         codec = self.codec
         if params.bounds is None and codec is not None and codec.bounds is not None:
-            return replace(params, bounds=codec.bounds)
+            params = replace(params, bounds=codec.bounds)
+        if params.recall_target > 0 and params.nprobe_source == "configured":
+            coverage = self.coverage
+            key = (self.manifest.codec_version, params.threshold, params.recall_target)
+            if key not in self._measured_nprobe:  # a search per request must not re-sort the pairs
+                self._measured_nprobe[key] = (coverage.nprobe_for(params.threshold, params.recall_target)
+                                              if coverage is not None else None)
+            nprobe = self._measured_nprobe[key]
+            if nprobe is not None:
+                params = replace(params, nprobe=nprobe, nprobe_source="measured")
         return params
 
     def enrolment_ids(self, row_ids: np.ndarray) -> list[str]:

@@ -29,6 +29,11 @@ class SearchParams:
     bounds hold only for templates like the codec's training sample, and a probe from
     elsewhere (real templates against a codec bootstrapped on synthetic ones) can lose its
     mate, where the fixed search finds it.
+
+    ``nprobe`` is the configured list count. With ``recall_target`` above 0 the gallery
+    replaces it (``Gallery.with_measured``) by the fewest lists that hold that duplicate
+    recall on its measured list coverage (``dedup.index.coverage``), where it has one with
+    enough pairs at the threshold; ``nprobe_source`` then says ``"measured"``.
     """
 
     threshold: float
@@ -39,6 +44,8 @@ class SearchParams:
     deepen_margin: float = 0.0
     early_exit: bool = False
     bounds: SearchBounds | None = None
+    recall_target: float = 0.999
+    nprobe_source: str = "configured"
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -53,6 +60,8 @@ class SearchParams:
             raise InvalidParameter(f"max_candidates must be >= 1, got {self.max_candidates}")
         if self.deepen_margin < 0:
             raise InvalidParameter(f"deepen_margin must be >= 0, got {self.deepen_margin}")
+        if not 0.0 <= self.recall_target < 1.0:
+            raise InvalidParameter(f"recall_target must be in [0, 1), got {self.recall_target}")
 
     @staticmethod
     def from_settings(settings: SearchSettings, threshold: float | None = None) -> SearchParams:
@@ -65,4 +74,5 @@ class SearchParams:
             max_candidates=settings.max_candidates,
             deepen_margin=settings.deepen_margin,
             early_exit=settings.early_exit,
+            recall_target=settings.recall_target,
         )

@@ -40,8 +40,9 @@ import numpy as np
 from dedup.config import IndexSettings
 from dedup.errors import GalleryError
 from dedup.fsutil import atomic_write_text
+from dedup.index.coverage import ListCoverage
 from dedup.index.gallery import Gallery, GalleryRecorder, Manifest
-from dedup.index.integrity import bytes_digest, check_file, disk_errors
+from dedup.index.integrity import bytes_digest, check_file, disk_errors, unseal
 from dedup.index.shard import SHARD_FILES, ShardMeta, rebuild_index
 
 
@@ -169,6 +170,7 @@ def check(root: Path, settings: IndexSettings | None = None, expected: Manifest 
             report.findings.insert(0, Finding(old.where, old.problem, old.detail, True,
                                               f"point CURRENT at generation {scan.target.generation}"))
         _check_shards(root, scan.target, report, scan, deep, settings.verify_on_open_bytes)
+        _check_coverage(root, scan.target, report)
         report.rows = scan.target.rows
         report.shards = len(scan.target.shards)
         unrepairable = [f for f in report.findings if f.damage and not f.repair]
@@ -223,6 +225,29 @@ def _current(root: Path, report: VerifyReport, named: str | None) -> Manifest | 
                    f"CURRENT names generations/{named}: {str(exc).split(': ', 1)[-1]}")
         return None
     return manifest
+
+
+def _check_coverage(root: Path, target: Manifest, report: VerifyReport) -> None:
+    """The list coverage measured with the current codec, when there is one (a damaged one
+    stops every search: ``dedup.index.coverage``)."""
+    if not target.codec_version:
+        return
+    path = root / "codec" / f"{target.codec_version}.coverage.json"
+    if not path.exists():
+        return
+    where = f"codec/{path.name}"
+    try:
+        data = path.read_bytes()
+        coverage = ListCoverage.from_dict(unseal(data, where), where)
+    except (GalleryError, OSError) as exc:
+        report.add(where, "coverage_damaged", f"{exc}; searches refuse to run until it is measured again "
+                   "(`dedup gallery coverage`) or removed (the configured search.nprobe then applies)")
+        return
+    if coverage.codec_version != target.codec_version:
+        report.add(where, "coverage_damaged", f"measured with codec {coverage.codec_version}, not {target.codec_version}")
+        return
+    report.files_checked += 1
+    report.bytes_checked += len(data)
 
 
 def _check_shards(root: Path, target: Manifest, report: VerifyReport, scan: _Scan, deep: bool, quick_limit: int) -> None:

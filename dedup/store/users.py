@@ -34,6 +34,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "batch.report": frozenset({"centre", "supervisor", "admin"}),
     "pipeline.run": frozenset({"admin"}),
     "threshold.calibrate": frozenset({"admin"}),
+    "gallery.coverage": frozenset({"admin"}),
     "queue.list": frozenset({"adjudicator", "supervisor", "admin"}),
     "queue.claim": frozenset({"adjudicator", "supervisor"}),
     "queue.show": frozenset({"adjudicator", "supervisor"}),

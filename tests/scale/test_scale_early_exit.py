@@ -17,7 +17,7 @@ def test_distributed_early_exit_equals_local(client: object, layouts: dict[str, 
                                              block: int) -> None:
     built = layouts[layout]
     gallery = Gallery.open(built.root)
-    params = gallery.with_bounds(dataclasses.replace(built.params, early_exit=True))
+    params = gallery.with_measured(dataclasses.replace(built.params, early_exit=True))
     assert params.early_exit and params.bounds is not None
     assert params.bounds.at(params.threshold) is not None  # the early exit is what runs here
     local = gallery.search(built.probes.vectors, params)

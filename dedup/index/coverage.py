@@ -1,0 +1,163 @@
+"""How many IVF lists a search must visit to find what it must, measured on mated pairs.
+
+A pair ``(a, b)`` at or above the threshold is found from ``a`` only when ``b``'s IVF list is
+among ``a``'s ``nprobe`` nearest lists. Where ``b``'s list ranks among them (0: ``a``'s nearest)
+depends on the codec's lists and on how one person's captures differ under the face model,
+and it differs by model far more than any one default allows: in 1M-row bench galleries,
+the captures of the face-like profile (fitted to dlib's 128-d model) sit up to 63rd, those
+of the 512-d arcface-like profile up to 7th (``list_coverage`` in
+benchmarks/results/compare-1m-*-defaults.json). A fixed ``search.nprobe`` is either too few
+lists for the first or 8x too many for the second.
+
+So the list count follows the deployment's own data, as the threshold does. Each pair's
+rank is measured both ways and the larger kept. The pairs must be found independently of
+the IVF search: a labelled set of the deployment's model (``dedup gallery coverage FILES``,
+the templates Parquet that ``dedup eval`` reads, every pair of captures of one identity), or
+the planted duplicates of a ``dedup bench`` gallery. Pairs the search itself found
+(adjudicated duplicates) are not used: they can only show lists the search already visits.
+No template is kept, only each pair's score and rank.
+
+At a threshold ``t`` the search visits the fewest lists ``k`` (``nprobe_for``) at which the
+measured pairs scoring ``>= t`` miss at most ``1 - recall_target`` with 95% confidence (the
+Wilson interval's upper end: ``dedup.evaluation.stats``). That needs about 3.8 / (1 -
+recall_target) pairs above ``t`` (3,838 at 0.999) even when none misses; with fewer, or no
+measurement for the current codec, the configured ``search.nprobe`` holds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dedup.errors import GalleryError, InvalidParameter
+from dedup.evaluation.stats import wilson_interval
+from dedup.index.coarse import distances
+from dedup.index.rotation import ivf_of, to_index_space
+
+MAX_PAIRS = 100_000   # pairs kept (a seeded sample beyond): enough for a 0.99999 target
+CONFIDENCE = 0.95
+_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class ListCoverage:
+    """Score and list rank of each measured pair, for one codec version."""
+
+    codec_version: str
+    source: str                  # where the pairs came from, in words
+    scores: np.ndarray           # float32, exact cosine of each pair
+    ranks: np.ndarray            # int32, the larger of the pair's two list ranks
+    nlist: int
+    measured_at: float
+
+    @property
+    def pairs(self) -> int:
+        return int(self.scores.size)
+
+    def nprobe_for(self, threshold: float, recall_target: float) -> int | None:
+        """The fewest lists that hold ``recall_target`` at ``threshold`` (see the module
+        docstring), or ``None`` when the pairs above ``threshold`` are too few to tell."""
+        if not 0.0 < recall_target < 1.0:
+            return None
+        ranks = np.sort(self.ranks[self.scores >= threshold])
+        n = int(ranks.size)
+        if n == 0:
+            return None
+        allowed = 1.0 - recall_target
+        for k in range(1, int(ranks[-1]) + 2):
+            misses = n - int(np.searchsorted(ranks, k, side="left"))  # ranks >= k are missed
+            if wilson_interval(misses, n, CONFIDENCE)[1] <= allowed:
+                return min(k, self.nlist)
+        return None
+
+    def summary(self, threshold: float, recall_target: float) -> dict[str, Any]:
+        """What the measurement says at ``threshold``, for reports (no pair-level data)."""
+        above = self.ranks[self.scores >= threshold]
+        return {
+            "codec_version": self.codec_version, "source": self.source, "pairs": self.pairs,
+            "pairs_at_threshold": int(above.size), "threshold": threshold, "recall_target": recall_target,
+            "max_rank_at_threshold": int(above.max()) if above.size else None,
+            "nprobe": self.nprobe_for(threshold, recall_target), "measured_at": self.measured_at,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": 1, "codec_version": self.codec_version, "source": self.source, "nlist": self.nlist,
+                "measured_at": self.measured_at, "scores": [round(float(s), 6) for s in self.scores],
+                "ranks": [int(r) for r in self.ranks]}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], where: str) -> ListCoverage:
+        try:
+            if data["format"] != 1:
+                raise ValueError(f"format {data['format']} is not supported")
+            out = ListCoverage(str(data["codec_version"]), str(data["source"]),
+                               np.asarray(data["scores"], dtype=np.float32), np.asarray(data["ranks"], dtype=np.int32),
+                               int(data["nlist"]), float(data["measured_at"]))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise GalleryError(f"{where}: unreadable list coverage ({exc})") from None
+        if out.scores.shape != out.ranks.shape or out.scores.ndim != 1 or (out.ranks < 0).any() \
+                or (out.ranks >= out.nlist).any():
+            raise GalleryError(f"{where}: list coverage has inconsistent pairs")
+        return out
+
+
+def own_lists(index: Any, vectors: np.ndarray) -> np.ndarray:
+    """The IVF list each vector is stored in when added (FAISS's own assignment)."""
+    coded = to_index_space(index, vectors)
+    ivf = ivf_of(index)
+    out = np.empty(coded.shape[0], dtype=np.int64)
+    for lo in range(0, coded.shape[0], _CHUNK):
+        out[lo:lo + _CHUNK] = ivf.quantizer.assign(np.ascontiguousarray(coded[lo:lo + _CHUNK]), 1)[:, 0]
+    return out
+
+
+def list_ranks(index: Any, probes: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """Rank of ``lists[i]`` among ``probes[i]``'s lists by the search's coarse distances
+    (0: the nearest; lists at an equal distance count as nearer)."""
+    out = np.empty(probes.shape[0], dtype=np.int32)
+    for lo in range(0, probes.shape[0], _CHUNK):
+        d = distances(index, probes[lo:lo + _CHUNK])
+        own = d[np.arange(d.shape[0]), lists[lo:lo + _CHUNK]]
+        out[lo:lo + _CHUNK] = (d <= own[:, None]).sum(axis=1) - 1
+    return out
+
+
+def measure_coverage(index: Any, codec_version: str, a: np.ndarray, b: np.ndarray, source: str,
+                     seed: int = 0) -> ListCoverage:
+    """Measure the list ranks of the pairs ``(a[i], b[i])`` (unit vectors) with ``index``."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    if a.shape != b.shape or a.ndim != 2:
+        raise InvalidParameter(f"pairs must be two (n, d) arrays of one shape, got {a.shape} and {b.shape}")
+    if a.shape[0] > MAX_PAIRS:
+        keep = np.sort(np.random.default_rng([seed, 61]).choice(a.shape[0], MAX_PAIRS, replace=False))
+        a, b = a[keep], b[keep]
+    scores = np.einsum("ij,ij->i", a, b).astype(np.float32)
+    ranks = np.maximum(list_ranks(index, a, own_lists(index, b)), list_ranks(index, b, own_lists(index, a)))
+    return ListCoverage(codec_version, source, scores, ranks.astype(np.int32), int(ivf_of(index).nlist), time.time())
+
+
+def identity_pairs(identity: np.ndarray, limit: int = MAX_PAIRS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(i, j)`` of every pair of rows with one identity label (a seeded sample
+    of ``limit`` when there are more)."""
+    identity = np.asarray(identity)
+    order = np.argsort(identity, kind="stable")
+    labels = identity[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    sizes = np.diff(np.r_[starts, labels.size])
+    left, right = [], []
+    for size in np.unique(sizes[sizes >= 2]):
+        groups = starts[sizes == size]
+        i, j = np.triu_indices(int(size), k=1)
+        left.append((groups[:, None] + i[None, :]).ravel())
+        right.append((groups[:, None] + j[None, :]).ravel())
+    if not left:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    li, ri = order[np.concatenate(left)], order[np.concatenate(right)]
+    if li.size > limit:
+        keep = np.sort(np.random.default_rng([seed, 62]).choice(li.size, limit, replace=False))
+        li, ri = li[keep], ri[keep]
+    return li, ri

@@ -1,0 +1,225 @@
+"""List coverage: the list count a search needs, measured on mated pairs found without the
+search. The ranks must mean what the search does (a mate at rank r is visited with r + 1
+lists), the list count must follow the pairs and the recall target, too few pairs must
+leave the configured nprobe in force, and a damaged measurement must stop the search."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dedup.bench.synth import SyntheticData, SynthSpec, get_profile, write_parquet
+from dedup.config import IndexSettings
+from dedup.errors import GalleryError
+from dedup.evaluation.stats import wilson_interval
+from dedup.index.coarse import nearest_lists
+from dedup.index.coverage import ListCoverage, identity_pairs, measure_coverage, own_lists
+from dedup.index.gallery import Gallery
+from dedup.index.params import SearchParams
+from tests.support.cli import Cli
+from tests.support.galleries import build_gallery
+
+SETTINGS = IndexSettings(nlist=64, pq_m=16, pq_bits=4, train_size=5000, shard_capacity=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def planted() -> SyntheticData:
+    # Many planted duplicates, so the pairs above the threshold are enough for a 0.999 target.
+    return SyntheticData(SynthSpec(get_profile("face-like", dim=64), gallery_size=24_000, queries=10,
+                                   duplicate_rate=0.35, seed=5))
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory, planted: SyntheticData) -> Gallery:
+    return build_gallery(tmp_path_factory.mktemp("coverage"), planted, SETTINGS)
+
+
+def _pairs(data: SyntheticData) -> tuple[np.ndarray, np.ndarray]:
+    g = data.gallery()
+    dup = np.flatnonzero(g.duplicate)
+    return g.vectors[dup], g.vectors[g.identity[dup]]
+
+
+def _measured(root: Path, data: SyntheticData) -> tuple[Gallery, ListCoverage, np.ndarray]:
+    """A fresh gallery of ``data``, its planted pairs' coverage (not saved), their first sides."""
+    g = build_gallery(root, data, SETTINGS)
+    assert g.codec is not None
+    a, b = _pairs(data)
+    return g, measure_coverage(g.codec.trained, g.codec.version, a, b, "planted"), a
+
+
+def _coverage(ranks: list[int], scores: list[float] | None = None, nlist: int = 2048) -> ListCoverage:
+    r = np.asarray(ranks, dtype=np.int32)
+    s = np.full(r.size, 0.99, np.float32) if scores is None else np.asarray(scores, np.float32)
+    return ListCoverage("v", "test", s, r, nlist, 0.0)
+
+
+def test_a_rank_is_where_the_search_s_coarse_step_puts_the_mate_s_list(gallery: Gallery, planted: SyntheticData) -> None:
+    codec = gallery.codec
+    assert codec is not None
+    a, b = _pairs(planted)
+    a, b = a[:500], b[:500]
+    cov = measure_coverage(codec.trained, codec.version, a, b, "test")
+    _, order_a = nearest_lists(codec.trained, a, codec.nlist)
+    _, order_b = nearest_lists(codec.trained, b, codec.nlist)
+    pos_ab = np.argmax(order_a == own_lists(codec.trained, b)[:, None], axis=1)
+    pos_ba = np.argmax(order_b == own_lists(codec.trained, a)[:, None], axis=1)
+    # Ties count against the pair, so a rank is never below the list's place in the order.
+    assert (cov.ranks >= np.maximum(pos_ab, pos_ba)).all()
+    assert np.mean(cov.ranks == np.maximum(pos_ab, pos_ba)) > 0.99
+    np.testing.assert_allclose(cov.scores, np.einsum("ij,ij->i", a, b), rtol=1e-6)
+
+
+def test_a_mate_at_rank_r_is_found_with_r_plus_one_lists(gallery: Gallery, planted: SyntheticData) -> None:
+    codec = gallery.codec
+    assert codec is not None
+    g = planted.gallery()
+    dup = np.flatnonzero(g.duplicate)[:300]
+    cov = measure_coverage(codec.trained, codec.version, g.vectors[dup], g.vectors[g.identity[dup]], "test")
+    t = float(np.quantile(cov.scores, 0.2))
+    for r in np.unique(cov.ranks[cov.scores >= t])[:6]:
+        sel = dup[(cov.ranks == r) & (cov.scores >= t)]
+        params = SearchParams(threshold=t, nprobe=int(r) + 1, depth=512, max_depth=512, recall_target=0.0)
+        found = gallery.search(g.vectors[sel], params)
+        for i, row in enumerate(sel):
+            assert int(g.identity[row]) in set(found.of(i)[0].tolist()), f"rank {r}: mate not found with {r + 1} lists"
+
+
+def test_the_list_count_is_the_fewest_that_hold_the_target() -> None:
+    # 10,000 pairs, ranks 0..4: four lists miss a fifth of them, five miss none.
+    cov = _coverage([0, 1, 2, 3, 4] * 2000)
+    assert cov.nprobe_for(0.9, 0.999) == 5
+    # A 0.5 target may leave two fifths out (three lists), not three fifths (two).
+    assert cov.nprobe_for(0.9, 0.5) == 3
+    # 1% of the pairs at rank 40: at a 0.99 target the upper bound of 100 misses in 10,000
+    # is above 1%, so they must be reached; at 0.98 they may be left.
+    ranks = [0] * 9900 + [40] * 100
+    assert _coverage(ranks).nprobe_for(0.9, 0.99) == 41
+    assert _coverage(ranks).nprobe_for(0.9, 0.98) == 1
+    # The answer is never above what the codec has.
+    assert _coverage([70] * 5000, nlist=64).nprobe_for(0.9, 0.999) == 64
+
+
+def test_the_chosen_count_meets_the_bound_and_one_fewer_does_not() -> None:
+    rng = np.random.default_rng(3)
+    for target in (0.99, 0.999, 0.9995):
+        ranks = np.minimum(rng.geometric(0.3, size=20_000) - 1, 500)
+        cov = _coverage(ranks.tolist())
+        k = cov.nprobe_for(0.9, target)
+        assert k is not None
+        n = ranks.size
+        assert wilson_interval(int((ranks >= k).sum()), n, 0.95)[1] <= 1 - target
+        if k > 1:
+            assert wilson_interval(int((ranks >= k - 1).sum()), n, 0.95)[1] > 1 - target
+
+
+def test_too_few_pairs_or_a_threshold_they_do_not_reach_keep_the_configured_nprobe() -> None:
+    assert _coverage([0] * 3000).nprobe_for(0.9, 0.999) is None     # 0 of 3,000 missed: bound 1.3e-3
+    assert _coverage([0] * 4000).nprobe_for(0.9, 0.999) == 1        # 0 of 4,000: bound 9.6e-4
+    low = _coverage([0] * 4000, scores=[0.8] * 4000)
+    assert low.nprobe_for(0.9, 0.999) is None                       # none scores >= 0.9
+    assert low.nprobe_for(0.9, 0.0) is None                         # no target: nothing to hold
+
+
+def test_pairs_above_the_threshold_decide_not_the_others() -> None:
+    # Far pairs (below the threshold) sit deep in the lists; they must not raise the count.
+    cov = _coverage([0] * 5000 + [900] * 5000, scores=[0.97] * 5000 + [0.5] * 5000)
+    assert cov.nprobe_for(0.95, 0.999) == 1
+    assert cov.nprobe_for(0.4, 0.999) == 901
+
+
+def test_identity_pairs_are_every_pair_within_an_identity() -> None:
+    identity = np.array([7, 3, 7, 9, 7, 3, 1])
+    left, right = identity_pairs(identity)
+    pairs = {tuple(sorted(p)) for p in zip(left.tolist(), right.tolist())}
+    assert pairs == {(0, 2), (0, 4), (2, 4), (1, 5)}
+    li, ri = identity_pairs(np.repeat(np.arange(100), 20), limit=500)
+    assert li.size == 500 and (np.repeat(np.arange(100), 20)[li] == np.repeat(np.arange(100), 20)[ri]).all()
+    assert identity_pairs(np.arange(10))[0].size == 0
+
+
+def test_the_gallery_searches_with_the_measured_count_and_reopens_with_it(
+        tmp_path: Path, planted: SyntheticData) -> None:
+    g, cov, a = _measured(tmp_path / "g", planted)
+    t = 0.9
+    want = cov.nprobe_for(t, 0.999)
+    assert want is not None, f"{int((cov.scores >= t).sum())} pairs above {t}: the fixture needs more"
+    assert g.with_measured(SearchParams(threshold=t)).nprobe_source == "configured"  # not measured yet
+    g.save_coverage(cov)
+    again = Gallery.open(tmp_path / "g", SETTINGS)
+    params = again.with_measured(SearchParams(threshold=t, nprobe=3))
+    assert (params.nprobe, params.nprobe_source) == (want, "measured")
+    assert again.with_measured(params) == params                       # resolved once
+    pinned = again.with_measured(SearchParams(threshold=t, nprobe=3, recall_target=0.0))
+    assert (pinned.nprobe, pinned.nprobe_source) == (3, "configured")
+    assert again.stats()["list_coverage"]["pairs"] == cov.pairs
+    # The measured count holds the target on pairs it was not measured on: fresh captures.
+    fresh = SyntheticData(SynthSpec(planted.profile, planted.spec.gallery_size, 2000, 0.35, 1.0, planted.spec.seed))
+    probes = fresh.probes()
+    found = again.search(probes.vectors, SearchParams(threshold=t, depth=64))
+    gal = planted.gallery()
+    wanted = hit = 0
+    for i in range(probes.vectors.shape[0]):
+        mates = probes.mates(i)
+        mates = set(mates[gal.vectors[mates] @ probes.vectors[i] >= t].tolist())
+        wanted += len(mates)
+        hit += len(mates & set(found.of(i)[0].tolist()))
+    assert wanted > 500 and hit / wanted >= 0.995
+
+
+def test_a_measurement_of_another_codec_is_refused_and_a_damaged_one_stops_the_search(
+        tmp_path: Path, planted: SyntheticData) -> None:
+    g, cov, a = _measured(tmp_path / "g", planted)
+    with pytest.raises(GalleryError, match="measure it again"):
+        g.save_coverage(dataclasses.replace(cov, codec_version="0123456789abcdef"))
+    g.save_coverage(cov)
+    path = tmp_path / "g" / "codec" / f"{cov.codec_version}.coverage.json"
+    data = json.loads(path.read_text())
+    data["ranks"][0] = 0 if data["ranks"][0] else 1   # one rank changed on disk
+    path.write_text(json.dumps(data))
+    damaged = Gallery.open(tmp_path / "g", SETTINGS)
+    with pytest.raises(GalleryError, match="checksum"):
+        damaged.search(a[:5], SearchParams(threshold=0.9))
+    path.write_text("{not json")
+    with pytest.raises(GalleryError, match="unreadable"):
+        Gallery.open(tmp_path / "g", SETTINGS).search(a[:5], SearchParams(threshold=0.9))
+
+
+def test_dedup_gallery_coverage_measures_a_labelled_set(tmp_path: Path, planted: SyntheticData) -> None:
+    build_gallery(tmp_path / "g", planted, SETTINGS)
+    files = write_parquet(planted, tmp_path / "labelled")
+    cli = Cli(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    out = cli.json("gallery", "coverage", str(files["gallery"]), "--path", str(tmp_path / "g"))
+    assert out["pairs"] > 5000 and out["source"].startswith("labelled templates")
+    assert Gallery.open(tmp_path / "g", SETTINGS).coverage is not None
+    words = cli.run("gallery", "coverage", str(files["gallery"]), "--path", str(tmp_path / "g")).stdout
+    assert "pairs" in words and "threshold in force" in words
+    # Templates of another model, and a set without a second capture: specific errors.
+    other = SyntheticData(SynthSpec(get_profile("face-like", dim=32), 2000, 10, 0.1, 0.5, 1))
+    other_files = write_parquet(other, tmp_path / "other")
+    err = cli.run("gallery", "coverage", str(other_files["gallery"]), "--path", str(tmp_path / "g"), code=4).stderr
+    assert "model" in err
+    single = SyntheticData(SynthSpec(planted.profile, 2000, 10, 0.0, 0.5, 2))
+    single_files = write_parquet(single, tmp_path / "single")
+    err = cli.run("gallery", "coverage", str(single_files["gallery"]), "--path", str(tmp_path / "g"), code=2).stderr
+    assert "two captures" in err
+
+
+def test_gallery_verify_reports_a_damaged_measurement(tmp_path: Path, planted: SyntheticData) -> None:
+    from dedup.index.verify import check
+
+    g = build_gallery(tmp_path / "g", planted, SETTINGS)
+    codec = g.codec
+    assert codec is not None
+    a, b = _pairs(planted)
+    g.save_coverage(measure_coverage(codec.trained, codec.version, a[:100], b[:100], "planted"))
+    assert check(tmp_path / "g", SETTINGS)[0].ok
+    path = tmp_path / "g" / "codec" / f"{codec.version}.coverage.json"
+    path.write_text(path.read_text().replace('"planted"', '"elsewhere"'))
+    report = check(tmp_path / "g", SETTINGS)[0]
+    assert not report.ok and [f.problem for f in report.findings if f.damage] == ["coverage_damaged"]
