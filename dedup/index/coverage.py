@@ -141,23 +141,28 @@ def measure_coverage(index: Any, codec_version: str, a: np.ndarray, b: np.ndarra
 
 
 def identity_pairs(identity: np.ndarray, limit: int = MAX_PAIRS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices ``(i, j)`` of every pair of rows with one identity label (a seeded sample
-    of ``limit`` when there are more)."""
+    """Row indices ``(i, j)`` of every pair of rows with one identity label, or a seeded
+    sample of ``limit`` of them when there are more (drawn without listing them all: one
+    identity with 10,000 captures has 50M pairs)."""
     identity = np.asarray(identity)
     order = np.argsort(identity, kind="stable")
     labels = identity[order]
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    sizes = np.diff(np.r_[starts, labels.size])
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if labels.size else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, labels.size]).astype(np.int64)
+    per_group = sizes * (sizes - 1) // 2
+    total = int(per_group.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if total > limit:
+        rng = np.random.default_rng([seed, 62])
+        group = rng.choice(starts.size, size=limit, p=per_group / total)
+        first = rng.integers(0, sizes[group])
+        other = (first + rng.integers(1, sizes[group])) % sizes[group]  # another capture of the same identity
+        return order[starts[group] + first], order[starts[group] + other]
     left, right = [], []
     for size in np.unique(sizes[sizes >= 2]):
         groups = starts[sizes == size]
         i, j = np.triu_indices(int(size), k=1)
         left.append((groups[:, None] + i[None, :]).ravel())
         right.append((groups[:, None] + j[None, :]).ravel())
-    if not left:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    li, ri = order[np.concatenate(left)], order[np.concatenate(right)]
-    if li.size > limit:
-        keep = np.sort(np.random.default_rng([seed, 62]).choice(li.size, limit, replace=False))
-        li, ri = li[keep], ri[keep]
-    return li, ri
+    return order[np.concatenate(left)], order[np.concatenate(right)]

@@ -140,6 +140,11 @@ def test_identity_pairs_are_every_pair_within_an_identity() -> None:
     li, ri = identity_pairs(np.repeat(np.arange(100), 20), limit=500)
     assert li.size == 500 and (np.repeat(np.arange(100), 20)[li] == np.repeat(np.arange(100), 20)[ri]).all()
     assert identity_pairs(np.arange(10))[0].size == 0
+    assert identity_pairs(np.zeros(0, np.int64))[0].size == 0
+    # One identity with 20,000 captures (200M pairs): a sample, drawn without listing them.
+    crowd = np.r_[np.zeros(20_000, np.int64), np.arange(1, 50)]
+    li, ri = identity_pairs(crowd, limit=1000)
+    assert li.size == 1000 and (crowd[li] == crowd[ri]).all() and (li != ri).all()
 
 
 def test_the_gallery_searches_with_the_measured_count_and_reopens_with_it(
