@@ -156,9 +156,10 @@ def gallery_compact_command(
 @app.command("coverage")
 @cli_errors
 def gallery_coverage_command(
-    templates: Annotated[list[Path], typer.Argument(
+    templates: Annotated[list[Path] | None, typer.Argument(
         help="labelled templates Parquet files of the gallery's model (as `dedup eval` reads): "
-             "every pair of captures of one identity is measured")],
+             "every pair of captures of one identity is measured")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="drop the measurement: the configured search.nprobe applies")] = False,
     home: Home = None,
     path: GalleryPath = None,
     user: User = None,
@@ -182,11 +183,20 @@ def gallery_coverage_command(
         with dep.database.session() as conn:
             actor = authenticate(conn, user)
             authorize(actor, "gallery.coverage")
+    if clear == bool(templates):
+        raise BadInput("give labelled templates to measure, or --clear to drop the measurement (not both)")
     gallery = _open_gallery(home, path)
     codec = gallery.codec
     if codec is None:
         raise GalleryError("the gallery has no trained codec yet: there are no lists to measure")
-    data = load_templates(list(templates))
+    if clear:
+        _keep_coverage(dep, actor, gallery, None, {"cleared": True, "codec_version": codec.version})
+        if as_json:
+            print_json({"cleared": True, "configured_nprobe": load_settings(home_dir(home)).search.nprobe})
+        else:
+            typer.echo("list coverage cleared: the configured search.nprobe applies")
+        return
+    data = load_templates(list(templates or []))
     if data.model_id != gallery.model_id or data.vectors.shape[1] != gallery.dim:
         raise ModelMismatch(f"the labelled templates are of model {data.model_id} ({data.vectors.shape[1]}-d); "
                             f"the gallery holds {gallery.model_id} ({gallery.dim}-d)")
@@ -199,15 +209,8 @@ def gallery_coverage_command(
     settings = load_settings(home_dir(home))
     in_force = threshold_in_force(gallery.model_id, len(gallery), settings, home_dir(home))
     summary = coverage.summary(in_force.value, settings.search.recall_target)
-    if dep is None or actor is None:
-        gallery.save_coverage(coverage)
-    else:
-        from dedup.store import audit
-
-        with dep.database.session() as conn, conn.transaction():  # no audit row unless the file was written
-            audit.record(conn, actor.name, "gallery.coverage", "gallery", codec.version, {
-                k: summary[k] for k in ("pairs", "pairs_at_threshold", "threshold", "recall_target", "nprobe", "source")})
-            gallery.save_coverage(coverage)
+    _keep_coverage(dep, actor, gallery, coverage, {
+        k: summary[k] for k in ("pairs", "pairs_at_threshold", "threshold", "recall_target", "nprobe", "source")})
     summary["configured_nprobe"] = settings.search.nprobe
     if as_json:
         print_json(summary)
@@ -221,3 +224,16 @@ def gallery_coverage_command(
         typer.echo(f"at the threshold in force {in_force.value:.4f}: {summary['pairs_at_threshold']:,} pairs, mates up to "
                    f"rank {summary['max_rank_at_threshold']}; the search visits {summary['nprobe']} lists per probe "
                    f"(search.nprobe = {settings.search.nprobe} applies without a measurement)")
+
+
+def _keep_coverage(dep: Any, actor: Any, gallery: Any, coverage: Any, detail: dict[str, Any]) -> None:
+    """Put ``coverage`` (``None``: none) in force; in a deployment with an audit row, which
+    commits only once the new generation is written."""
+    if dep is None or actor is None:
+        gallery.save_coverage(coverage)
+        return
+    from dedup.store import audit
+
+    with dep.database.session() as conn, conn.transaction():
+        audit.record(conn, actor.name, "gallery.coverage", "gallery", gallery.manifest.codec_version, detail)
+        gallery.save_coverage(coverage)

@@ -15,7 +15,8 @@ the IVF search: a labelled set of the deployment's model (``dedup gallery covera
 the templates Parquet that ``dedup eval`` reads, every pair of captures of one identity), or
 the planted duplicates of a ``dedup bench`` gallery. Pairs the search itself found
 (adjudicated duplicates) are not used: they can only show lists the search already visits.
-No template is kept, only each pair's score and rank.
+No template is kept, only each pair's score and rank (``Gallery.save_coverage``: a sealed file
+whose hash the generation's manifest records).
 
 At a threshold ``t`` the search visits the fewest lists ``k`` (``nprobe_for``) at which the
 measured pairs scoring ``>= t`` miss at most ``1 - recall_target`` with 95% confidence (the

@@ -3,7 +3,8 @@
 Layout of a gallery directory::
 
     codec/<version>.faiss (+ .json)   trained codecs (one per version)
-    codec/<version>.coverage.json     list coverage measured with that codec (coverage.py; sealed)
+    codec/<version>.coverage-<h>.json list coverage measured with that codec (coverage.py; sealed,
+                                      its SHA-256 in the manifest: h is its first 16 hex digits)
     shards/<name>/                    immutable shards (see shard.py)
     generations/<n>.json              manifests: which shards make generation n
     CURRENT                           the current generation's file name
@@ -15,7 +16,8 @@ at any point leaves the previous generation intact. Old generations (``keep_gene
 and the shards they use are kept for readers still on them, then garbage-collected.
 
 Integrity: every manifest is sealed (a checksum of its own content) and records its gallery
-id, its live row count and the SHA-256 of each shard's ``meta.json``, which in turn records
+id, its live row count, the SHA-256 of the list coverage in force (if any) and of each
+shard's ``meta.json``, which in turn records
 the hash of every shard file (``integrity.py``, ``shard.py``). A gallery is never created
 over existing generations, shards or codecs, and a missing ``CURRENT`` beside them is
 damage, not an empty gallery. A ``recorder`` (``dedup.index.deployed``: the deployment's
@@ -70,6 +72,7 @@ class Manifest:
     gallery_id: str = ""
     rows: int = 0  # live rows of all shards
     shard_meta: dict[str, str] = field(default_factory=dict)  # shard name -> SHA-256 of its meta.json
+    coverage_sha256: str = ""  # the list coverage in force for codec_version ("" for none)
     created_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -242,32 +245,48 @@ class Gallery:
 
     @property
     def coverage(self) -> ListCoverage | None:
-        """The list coverage measured with the current codec (``None``: not measured)."""
-        version = self.manifest.codec_version
-        if not version:
+        """The list coverage the current generation records (``None``: not measured). The
+        manifest holds its hash, so a missing or changed file is damage (``GalleryError``),
+        never a silent fall back to the configured list count."""
+        digest = self.manifest.coverage_sha256
+        if not digest or not self.manifest.codec_version:
             return None
-        if self._coverage is None or self._coverage[0] != version:
-            path = self._coverage_path(version)
-            found = None
-            if path.exists():
-                found = ListCoverage.from_dict(unseal(path.read_bytes(), str(path)), str(path))
-                if found.codec_version != version:
-                    raise GalleryError(f"{path}: measured with codec {found.codec_version}, not {version}")
-            self._coverage = (version, found)
+        if self._coverage is None or self._coverage[0] != digest:
+            path = self._coverage_path(self.manifest.codec_version, digest)
+            where = f"{self.root}: generation {self.generation}'s list coverage {path.name}"
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise GalleryError(f"{where} is missing; measure it again (`dedup gallery coverage`) "
+                                   "or clear it (`--clear`)") from None
+            if bytes_digest(data) != digest:
+                raise GalleryError(f"{where} changed on disk; measure it again (`dedup gallery coverage`) "
+                                   "or clear it (`--clear`)")
+            found = ListCoverage.from_dict(unseal(data, where), where)
+            if found.codec_version != self.manifest.codec_version:
+                raise GalleryError(f"{where}: measured with codec {found.codec_version}, not {self.manifest.codec_version}")
+            self._coverage = (digest, found)
         return self._coverage[1]
 
-    def _coverage_path(self, version: str) -> Path:
-        return self.root / "codec" / f"{version}.coverage.json"
+    def _coverage_path(self, version: str, digest: str) -> Path:
+        return self.root / "codec" / f"{version}.coverage-{digest[:16]}.json"
 
-    def save_coverage(self, coverage: ListCoverage) -> None:
-        """Keep ``coverage`` for the codec it was measured with (it must be the current one)."""
+    def save_coverage(self, coverage: ListCoverage | None) -> None:
+        """Make ``coverage`` the list coverage in force (a new generation); ``None`` clears it.
+        It must have been measured with the current codec."""
         with disk_errors(self.root, "the gallery's list coverage", intact=_INTACT), self._locked():
             self._refresh()
-            if coverage.codec_version != self.manifest.codec_version:
-                raise GalleryError(f"list coverage was measured with codec {coverage.codec_version}; "
-                                   f"the gallery's codec is now {self.manifest.codec_version}: measure it again")
-            atomic_write_text(self._coverage_path(coverage.codec_version), seal(coverage.to_dict()))
-            self._coverage = (coverage.codec_version, coverage)
+            digest = ""
+            if coverage is not None:
+                if coverage.codec_version != self.manifest.codec_version:
+                    raise GalleryError(f"list coverage was measured with codec {coverage.codec_version}; "
+                                       f"the gallery's codec is now {self.manifest.codec_version}: measure it again")
+                text = seal(coverage.to_dict())
+                digest = bytes_digest(text.encode())
+                atomic_write_text(self._coverage_path(coverage.codec_version, digest), text)
+            self._switch(replace(self.manifest, generation=self.manifest.generation + 1, coverage_sha256=digest),
+                         keep_coverage=False)
+            self._coverage = None
             self._measured_nprobe.clear()
 
     def shard_paths(self) -> list[Path]:
@@ -441,24 +460,31 @@ class Gallery:
             self._id_map = None
             self._codec = None
 
-    def _sealed(self, manifest: Manifest) -> Manifest:
-        """``manifest`` with this gallery's id, its row count and its shards' meta hashes."""
+    def _sealed(self, manifest: Manifest, keep_coverage: bool = True) -> Manifest:
+        """``manifest`` with this gallery's id, its row count and its shards' meta hashes, and
+        (``keep_coverage``) the list coverage in force carried over."""
         metas: dict[str, str] = {}
         rows = 0
         for name in manifest.shards:
             meta_bytes = (self.root / "shards" / name / "meta.json").read_bytes()
             metas[name] = bytes_digest(meta_bytes)
             rows += ShardMeta.from_json(meta_bytes, self.root / "shards" / name).live
-        return replace(manifest, gallery_id=self.manifest.gallery_id or manifest.gallery_id, rows=rows, shard_meta=metas)
+        # The list coverage stays in force while the codec does (a writer's new generation
+        # keeps it; a new codec, whose lists it did not measure, drops it).
+        same_codec = manifest.codec_version == self.manifest.codec_version
+        coverage = "" if not same_codec else self.manifest.coverage_sha256 if keep_coverage else manifest.coverage_sha256
+        return replace(manifest, gallery_id=self.manifest.gallery_id or manifest.gallery_id, rows=rows, shard_meta=metas,
+                       coverage_sha256=coverage)
 
-    def _switch(self, manifest: Manifest) -> None:
-        """Write ``manifest`` as a new generation and make it current (atomically).
+    def _switch(self, manifest: Manifest, keep_coverage: bool = True) -> None:
+        """Write ``manifest`` as a new generation and make it current (atomically); the list
+        coverage in force is kept unless ``keep_coverage`` is false (``save_coverage``).
 
         With a recorder, two phases around the file switch: ``prepare`` (the database
         expects this generation next) before it, ``commit`` (it is current) after. A crash
         between them leaves files and record in a state ``check`` recognises and completes.
         """
-        manifest = self._sealed(manifest)
+        manifest = self._sealed(manifest, keep_coverage)
         if self.recorder is not None:
             self.recorder.prepare(manifest)
         crash_point("gallery.prepared")
@@ -487,11 +513,18 @@ class Gallery:
         for old in upto[: max(0, len(upto) - (self.settings.keep_generations + 1))]:
             old.unlink(missing_ok=True)
         referenced: set[str] = set()
+        coverages: set[str] = set()
         for g in keep:
             try:
-                referenced.update(Manifest.from_json(g.read_bytes(), str(g)).shards)
+                kept = Manifest.from_json(g.read_bytes(), str(g))
             except GalleryError:
                 return  # a damaged generation: which shards it needs is unknown, so none is deleted
+            referenced.update(kept.shards)
+            if kept.coverage_sha256 and kept.codec_version:
+                coverages.add(self._coverage_path(kept.codec_version, kept.coverage_sha256).name)
+        for p in (self.root / "codec").glob("*.coverage-*.json"):
+            if p.name not in coverages:
+                p.unlink(missing_ok=True)
         shard_dir = self.root / "shards"
         for p in shard_dir.iterdir() if shard_dir.exists() else []:
             if p.name.startswith(".tmp-") or p.name not in referenced:
@@ -643,7 +676,8 @@ class Gallery:
                 codec = self._train_on_live(old, seed)
                 codec.save(self.root / "codec" / f"{codec.version}.faiss")
                 self._codec = codec
-                self.manifest = replace(self.manifest, codec_version=codec.version)
+                # new lists: a list coverage measured on the old ones does not carry over
+                self.manifest = replace(self.manifest, codec_version=codec.version, coverage_sha256="")
             writer = GalleryWriter(self, keep_row_ids=True)
             try:
                 for shard in old:

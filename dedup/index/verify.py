@@ -228,23 +228,28 @@ def _current(root: Path, report: VerifyReport, named: str | None) -> Manifest | 
 
 
 def _check_coverage(root: Path, target: Manifest, report: VerifyReport) -> None:
-    """The list coverage measured with the current codec, when there is one (a damaged one
-    stops every search: ``dedup.index.coverage``)."""
-    if not target.codec_version:
+    """The list coverage the generation records, when it records one (missing or changed, it
+    stops every search: ``Gallery.coverage``)."""
+    if not target.coverage_sha256 or not target.codec_version:
         return
-    path = root / "codec" / f"{target.codec_version}.coverage.json"
-    if not path.exists():
-        return
-    where = f"codec/{path.name}"
+    name = f"{target.codec_version}.coverage-{target.coverage_sha256[:16]}.json"
+    where = f"codec/{name}"
+    fix = "; searches refuse to run until it is measured again (`dedup gallery coverage`) or cleared (`--clear`)"
     try:
-        data = path.read_bytes()
+        data = (root / "codec" / name).read_bytes()
+    except FileNotFoundError:
+        report.add(where, "coverage_missing", f"the list coverage generation {target.generation} records is gone{fix}")
+        return
+    if bytes_digest(data) != target.coverage_sha256:
+        report.add(where, "coverage_damaged", f"the list coverage is not the one generation {target.generation} records{fix}")
+        return
+    try:
         coverage = ListCoverage.from_dict(unseal(data, where), where)
-    except (GalleryError, OSError) as exc:
-        report.add(where, "coverage_damaged", f"{exc}; searches refuse to run until it is measured again "
-                   "(`dedup gallery coverage`) or removed (the configured search.nprobe then applies)")
+    except GalleryError as exc:
+        report.add(where, "coverage_damaged", f"{exc}{fix}")
         return
     if coverage.codec_version != target.codec_version:
-        report.add(where, "coverage_damaged", f"measured with codec {coverage.codec_version}, not {target.codec_version}")
+        report.add(where, "coverage_damaged", f"measured with codec {coverage.codec_version}, not {target.codec_version}{fix}")
         return
     report.files_checked += 1
     report.bytes_checked += len(data)

@@ -176,22 +176,55 @@ def test_the_gallery_searches_with_the_measured_count_and_reopens_with_it(
     assert wanted > 500 and hit / wanted >= 0.995
 
 
+def _coverage_file(root: Path) -> Path:
+    (path,) = (root / "codec").glob("*.coverage-*.json")
+    return path
+
+
 def test_a_measurement_of_another_codec_is_refused_and_a_damaged_one_stops_the_search(
         tmp_path: Path, planted: SyntheticData) -> None:
     g, cov, a = _measured(tmp_path / "g", planted)
     with pytest.raises(GalleryError, match="measure it again"):
         g.save_coverage(dataclasses.replace(cov, codec_version="0123456789abcdef"))
     g.save_coverage(cov)
-    path = tmp_path / "g" / "codec" / f"{cov.codec_version}.coverage.json"
-    data = json.loads(path.read_text())
+    path = _coverage_file(tmp_path / "g")
+    text = path.read_text()
+    data = json.loads(text)
     data["ranks"][0] = 0 if data["ranks"][0] else 1   # one rank changed on disk
     path.write_text(json.dumps(data))
-    damaged = Gallery.open(tmp_path / "g", SETTINGS)
-    with pytest.raises(GalleryError, match="checksum"):
-        damaged.search(a[:5], SearchParams(threshold=0.9))
-    path.write_text("{not json")
-    with pytest.raises(GalleryError, match="unreadable"):
+    with pytest.raises(GalleryError, match="changed on disk"):
         Gallery.open(tmp_path / "g", SETTINGS).search(a[:5], SearchParams(threshold=0.9))
+    # Removed, it is damage too: the generation records it, so the search never quietly
+    # falls back to the configured list count.
+    path.unlink()
+    with pytest.raises(GalleryError, match="missing"):
+        Gallery.open(tmp_path / "g", SETTINGS).search(a[:5], SearchParams(threshold=0.9))
+    path.write_text(text)
+    assert Gallery.open(tmp_path / "g", SETTINGS).search(a[:5], SearchParams(threshold=0.9)).n_probes == 5
+
+
+def test_the_measurement_stays_with_its_codec_through_writes_and_can_be_cleared(
+        tmp_path: Path, planted: SyntheticData) -> None:
+    g, cov, a = _measured(tmp_path / "g", planted)
+    g.save_coverage(cov)
+    generation = g.generation
+    more = SyntheticData(SynthSpec(planted.profile, 500, 10, 0.0, 0.5, 99)).gallery()
+    g.add(more.vectors, [f"more{r}" for r in more.row_ids])        # a writer's new generation
+    again = Gallery.open(tmp_path / "g", SETTINGS)
+    assert again.generation > generation and again.coverage is not None
+    assert again.with_measured(SearchParams(threshold=0.9)).nprobe_source == "measured"
+    again.save_coverage(None)
+    cleared = Gallery.open(tmp_path / "g", SETTINGS)
+    assert cleared.coverage is None and cleared.with_measured(SearchParams(threshold=0.9)).nprobe_source == "configured"
+    # Once no kept generation records it, its file is collected with them.
+    for i in range(cleared.settings.keep_generations + 1):
+        cleared.add(more.vectors[:1], [f"again{i}"])
+    assert not list((tmp_path / "g" / "codec").glob("*.coverage-*.json"))
+    # A new codec (compact --retrain) has lists the measurement never saw: it is dropped.
+    again.save_coverage(cov)
+    again.compact(retrain=True)
+    retrained = Gallery.open(tmp_path / "g", SETTINGS)
+    assert retrained.manifest.codec_version != cov.codec_version and retrained.coverage is None
 
 
 def test_dedup_gallery_coverage_measures_a_labelled_set(tmp_path: Path, planted: SyntheticData) -> None:
@@ -213,6 +246,10 @@ def test_dedup_gallery_coverage_measures_a_labelled_set(tmp_path: Path, planted:
     single_files = write_parquet(single, tmp_path / "single")
     err = cli.run("gallery", "coverage", str(single_files["gallery"]), "--path", str(tmp_path / "g"), code=2).stderr
     assert "two captures" in err
+    err = cli.run("gallery", "coverage", "--path", str(tmp_path / "g"), code=2).stderr
+    assert "--clear" in err
+    cli.run("gallery", "coverage", "--clear", "--path", str(tmp_path / "g"))
+    assert Gallery.open(tmp_path / "g", SETTINGS).coverage is None
 
 
 def test_gallery_verify_reports_a_damaged_measurement(tmp_path: Path, planted: SyntheticData) -> None:
@@ -224,7 +261,11 @@ def test_gallery_verify_reports_a_damaged_measurement(tmp_path: Path, planted: S
     a, b = _pairs(planted)
     g.save_coverage(measure_coverage(codec.trained, codec.version, a[:100], b[:100], "planted"))
     assert check(tmp_path / "g", SETTINGS)[0].ok
-    path = tmp_path / "g" / "codec" / f"{codec.version}.coverage.json"
-    path.write_text(path.read_text().replace('"planted"', '"elsewhere"'))
+    path = _coverage_file(tmp_path / "g")
+    text = path.read_text()
+    path.write_text(text.replace('"planted"', '"elsewhere"'))
     report = check(tmp_path / "g", SETTINGS)[0]
     assert not report.ok and [f.problem for f in report.findings if f.damage] == ["coverage_damaged"]
+    path.unlink()
+    report = check(tmp_path / "g", SETTINGS)[0]
+    assert not report.ok and [f.problem for f in report.findings if f.damage] == ["coverage_missing"]
