@@ -35,13 +35,15 @@ def _target(home: Path | None, path: Path | None) -> tuple[Any, Path]:
     return (dep if inside else None), root
 
 
-def _open_gallery(home: Path | None, path: Path | None):  # type: ignore[no-untyped-def]
+def _open_gallery(home: Path | None, path: Path | None,  # type: ignore[no-untyped-def]
+                  target: tuple[Any, Path] | None = None):
+    """The gallery (``target``: what ``_target`` already gave for these options)."""
     from dedup.config import load_settings
     from dedup.errors import GalleryError
     from dedup.index import deployed
     from dedup.index.gallery import Gallery
 
-    dep, root = _target(home, path)
+    dep, root = target if target is not None else _target(home, path)
     if dep is None:
         return Gallery.open(root, load_settings(home_dir(home)).index)
     gallery = deployed.open_gallery(dep, root)
@@ -175,7 +177,8 @@ def gallery_coverage_command(
     from dedup.index.coverage import identity_pairs, measure_coverage
     from dedup.operating_point import threshold_in_force
 
-    dep, _ = _target(home, path)
+    target = _target(home, path)
+    dep = target[0]
     actor = None
     if dep is not None:  # the list count decides what every search sees: the admin's call, before any template is read
         from dedup.store.users import authenticate, authorize
@@ -185,7 +188,7 @@ def gallery_coverage_command(
             authorize(actor, "gallery.coverage")
     if clear == bool(templates):
         raise BadInput("give labelled templates to measure, or --clear to drop the measurement (not both)")
-    gallery = _open_gallery(home, path)
+    gallery = _open_gallery(home, path, target)
     codec = gallery.codec
     if codec is None:
         raise GalleryError("the gallery has no trained codec yet: there are no lists to measure")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import numpy as np
 from dedup.errors import GalleryError, InvalidParameter
 from dedup.evaluation.stats import wilson_interval
 from dedup.index.coarse import distances
+from dedup.index.integrity import bytes_digest, unseal
 from dedup.index.rotation import ivf_of, to_index_space
 
 MAX_PAIRS = 100_000   # pairs kept (a seeded sample beyond): enough for a 0.99999 target
@@ -103,6 +105,24 @@ class ListCoverage:
                 or (out.ranks >= out.nlist).any():
             raise GalleryError(f"{where}: list coverage has inconsistent pairs")
         return out
+
+
+def recorded_path(codec_dir: Path, codec_version: str, digest: str) -> Path:
+    """Where the coverage a manifest records (by its SHA-256) is kept."""
+    return codec_dir / f"{codec_version}.coverage-{digest[:16]}.json"
+
+
+def load_recorded(path: Path, digest: str, codec_version: str, where: str) -> ListCoverage:
+    """The coverage at ``path``, checked against the ``digest`` and codec the manifest records:
+    ``GalleryError`` when it changed, ``FileNotFoundError`` when it is gone (the callers say
+    what that means to them)."""
+    data = path.read_bytes()
+    if bytes_digest(data) != digest:
+        raise GalleryError(f"{where} is not the one the generation records (it changed on disk)")
+    found = ListCoverage.from_dict(unseal(data, where), where)
+    if found.codec_version != codec_version:
+        raise GalleryError(f"{where}: measured with codec {found.codec_version}, not {codec_version}")
+    return found
 
 
 def own_lists(index: Any, vectors: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from dedup.errors import GalleryError, InvalidParameter, ModelMismatch
 from dedup.faults import crash_point
 from dedup.fsutil import atomic_write_text
 from dedup.index.codec import Codec, CodecSpec, choose_pq_m, fit_nlist
-from dedup.index.coverage import ListCoverage
+from dedup.index.coverage import ListCoverage, load_recorded, recorded_path
 from dedup.index.integrity import bytes_digest, disk_errors, seal, unseal
 from dedup.index.memory import Budget, check_fits, write_budget
 from dedup.index.params import SearchParams
@@ -181,7 +181,7 @@ class Gallery:
         self._shards: dict[str, Shard] = {}
         self._codec: Codec | None = None
         self._coverage: tuple[str, ListCoverage | None] | None = None  # (codec version, what was read)
-        self._measured_nprobe: dict[tuple[str | None, float, float], int | None] = {}
+        self._measured_nprobe: dict[tuple[str, float, float], int | None] = {}
         self._id_map: tuple[np.ndarray, Any] | None = None
 
     # ------------------------------------------------------------------ opening
@@ -254,22 +254,18 @@ class Gallery:
         if self._coverage is None or self._coverage[0] != digest:
             path = self._coverage_path(self.manifest.codec_version, digest)
             where = f"{self.root}: generation {self.generation}'s list coverage {path.name}"
+            again = "measure it again (`dedup gallery coverage`) or clear it (`--clear`)"
             try:
-                data = path.read_bytes()
+                found = load_recorded(path, digest, self.manifest.codec_version, where)
             except FileNotFoundError:
-                raise GalleryError(f"{where} is missing; measure it again (`dedup gallery coverage`) "
-                                   "or clear it (`--clear`)") from None
-            if bytes_digest(data) != digest:
-                raise GalleryError(f"{where} changed on disk; measure it again (`dedup gallery coverage`) "
-                                   "or clear it (`--clear`)")
-            found = ListCoverage.from_dict(unseal(data, where), where)
-            if found.codec_version != self.manifest.codec_version:
-                raise GalleryError(f"{where}: measured with codec {found.codec_version}, not {self.manifest.codec_version}")
+                raise GalleryError(f"{where} is missing; {again}") from None
+            except GalleryError as exc:
+                raise GalleryError(f"{exc}; {again}") from None
             self._coverage = (digest, found)
         return self._coverage[1]
 
     def _coverage_path(self, version: str, digest: str) -> Path:
-        return self.root / "codec" / f"{version}.coverage-{digest[:16]}.json"
+        return recorded_path(self.root / "codec", version, digest)
 
     def save_coverage(self, coverage: ListCoverage | None) -> None:
         """Make ``coverage`` the list coverage in force (a new generation); ``None`` clears it.
@@ -370,7 +366,7 @@ class Gallery:
             params = replace(params, bounds=codec.bounds)
         if params.recall_target > 0 and params.nprobe_source == "configured":
             coverage = self.coverage
-            key = (self.manifest.codec_version, params.threshold, params.recall_target)
+            key = (self.manifest.coverage_sha256, params.threshold, params.recall_target)
             if key not in self._measured_nprobe:  # a search per request must not re-sort the pairs
                 self._measured_nprobe[key] = (coverage.nprobe_for(params.threshold, params.recall_target)
                                               if coverage is not None else None)

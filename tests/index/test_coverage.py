@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from dedup.bench.synth import SyntheticData, SynthSpec, get_profile, write_parquet
-from dedup.config import IndexSettings
 from dedup.errors import GalleryError
 from dedup.evaluation.stats import wilson_interval
 from dedup.index.coarse import nearest_lists
@@ -21,9 +20,8 @@ from dedup.index.coverage import ListCoverage, identity_pairs, measure_coverage,
 from dedup.index.gallery import Gallery
 from dedup.index.params import SearchParams
 from tests.support.cli import Cli
+from tests.support.galleries import SMALL as SETTINGS
 from tests.support.galleries import build_gallery
-
-SETTINGS = IndexSettings(nlist=64, pq_m=16, pq_bits=4, train_size=5000, shard_capacity=1_000_000)
 
 
 @pytest.fixture(scope="module")
