@@ -336,6 +336,7 @@ class Gallery:
                progress: Callable[[int], object] | None = None) -> Candidates:
         """Threshold search of every shard, merged. ``progress(n_done)`` is called per block."""
         from dedup.index.coarse import nearest_lists
+        from dedup.index.rotation import to_index_space
         from dedup.index.search import even_blocks
 
         probes = check_probes(probes, self.dim)
@@ -348,8 +349,13 @@ class Gallery:
         for lo, hi in even_blocks(probes.shape[0], block):
             part = probes[lo:hi]
             if shards:
-                coarse = nearest_lists(codec.trained, part, params.nprobe) if shared and codec else None
-                results.append(merge([s.search(part, params, coarse=coarse) for s in shards], params.max_candidates))
+                # Rotated once and coarse-assigned once for every shard (they share the codec).
+                coded = coarse = None
+                if shared and codec:
+                    coded = to_index_space(codec.trained, part)
+                    coarse = nearest_lists(codec.trained, coded, params.nprobe, rotated=True)
+                results.append(merge([s.search(part, params, coarse=coarse, coded=coded) for s in shards],
+                                     params.max_candidates))
             else:
                 results.append(Candidates.empty(part.shape[0]))
             if progress is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dedup.errors import GalleryError
 from dedup.index.bounds import search_preassigned
 from dedup.index.coarse import nearest_lists
 from dedup.index.params import SearchParams
@@ -78,16 +79,35 @@ class _Found:
 
 def rerank(vectors: Any, probes: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Exact float32 scores of each probe with the rows at ``positions`` where ``mask`` is set
-    (``-inf`` elsewhere). Only probes with something to re-rank are gathered, in one
-    fancy-indexed read of the memory map per chunk and one batched product."""
+    (``-inf`` elsewhere).
+
+    float32 vectors (the default store) are scored in place by FAISS's
+    ``fvec_inner_products_by_idx``: no gathered copy, both cores, and each score is one
+    fixed-order SIMD dot product, so it does not depend on the batch (measured at 1M rows,
+    16 rows per probe: 4.2x faster than the gather at 512-d, 5.4x at 128-d). Other stores
+    (float16) are gathered from the memory map a few MiB at a time and scored in one batched
+    product per piece."""
     m, k = positions.shape
+    ids = np.ascontiguousarray(np.where(mask, positions, -1), dtype=np.int64)
+    if ids.size and int(ids.max()) >= vectors.shape[0]:
+        # FAISS does not check bounds: a position past the stored vectors is a damaged shard.
+        raise GalleryError(f"index proposes row position {int(ids.max())} of {vectors.shape[0]} stored vectors")
+    if vectors.dtype == np.float32 and vectors.flags["C_CONTIGUOUS"]:
+        import faiss
+
+        out = np.empty((m, k), dtype=np.float32)
+        if m and k:
+            probes = np.ascontiguousarray(probes, dtype=np.float32)
+            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(probes), faiss.swig_ptr(vectors),
+                                             faiss.swig_ptr(ids), probes.shape[1], m, k)
+        return out
     out = np.full((m, k), -np.inf, dtype=np.float32)
-    rows = np.flatnonzero(mask.any(axis=1))
+    rows = np.flatnonzero((ids >= 0).any(axis=1))
     per_chunk = max(1, _GATHER_BYTES // max(4 * k * probes.shape[1], 1))
     for lo in range(0, rows.size, per_chunk):
         r = rows[lo:lo + per_chunk]
-        sel = mask[r]
-        gathered = np.asarray(vectors[np.where(sel, positions[r], 0)], dtype=np.float32)
+        sel = ids[r] >= 0
+        gathered = np.asarray(vectors[np.where(sel, ids[r], 0)], dtype=np.float32)
         out[r] = np.where(sel, np.einsum("md,mkd->mk", probes[r], gathered), -np.inf)
     return out
 
@@ -167,22 +187,24 @@ def _start(shard: Any, params: SearchParams) -> tuple[int, int, int]:
 
 
 def fixed_search(shard: Any, probes: np.ndarray, params: SearchParams,
-                 coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
-    """The fixed IVF-PQ threshold search (see the module docstring); ``coarse`` as for
-    ``threshold_search``."""
+                 coarse: tuple[np.ndarray, np.ndarray] | None = None, coded: np.ndarray | None = None) -> Candidates:
+    """The fixed IVF-PQ threshold search (see the module docstring); ``coarse`` and ``coded``
+    as for ``threshold_search``."""
     n = probes.shape[0]
     found = _Found(n)
     if shard.meta.live and n:
         depth, nprobe, depth_cap = _start(shard, params)
-        _deepen(shard, probes, to_index_space(shard.index, probes), np.arange(n), params, depth, nprobe, depth_cap,
+        _deepen(shard, probes, _coded(shard, probes, coded), np.arange(n), params, depth, nprobe, depth_cap,
                 found, coarse)
     return found.result(params.max_candidates)
 
 
 def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
-                     coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+                     coarse: tuple[np.ndarray, np.ndarray] | None = None, coded: np.ndarray | None = None) -> Candidates:
     """Threshold-aware search of one shard; ``coarse`` = ``(distances, lists)`` of at least
-    ``nprobe`` nearest lists per probe, sorted (computed here when not given).
+    ``nprobe`` nearest lists per probe, sorted, and ``coded`` = the probes in the index's
+    space (``to_index_space``), both computed here when not given (a gallery computes them
+    once per block for all its shards: the rotation at 512-d costs as much as the scan).
 
     Round one visits only the lists within the measured gap and re-ranks only proposals whose
     estimate could reach the threshold (and each probe's last one). A probe with nothing at
@@ -196,11 +218,11 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
     n = probes.shape[0]
     limits = params.bounds.at(params.threshold) if (params.early_exit and params.bounds is not None) else None
     if limits is None or not shard.meta.live or not n or not cpu_ivf(shard.index):
-        return fixed_search(shard, probes, params, coarse)
+        return fixed_search(shard, probes, params, coarse, coded)
     gap, est_error = limits
     t = params.threshold
     depth, nprobe, depth_cap = _start(shard, params)
-    coded = to_index_space(shard.index, probes)
+    coded = _coded(shard, probes, coded)
     if coarse is None or coarse[1].shape[1] < nprobe:
         coarse = nearest_lists(shard.index, coded, nprobe, rotated=True)
     dist = np.ascontiguousarray(coarse[0][:, :nprobe])
@@ -224,6 +246,15 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
         _deepen(shard, probes, coded, todo, params, min(depth * 4, depth_cap),
                 min(nprobe * 2, int(ivf_of(shard.index).nlist)), depth_cap, found)
     return found.result(params.max_candidates)
+
+
+def _coded(shard: Any, probes: np.ndarray, coded: np.ndarray | None) -> np.ndarray:
+    """The probes in the shard index's space: ``coded`` when the caller rotated them already."""
+    if coded is None:
+        return to_index_space(shard.index, probes)
+    if coded.shape != probes.shape:
+        raise ValueError(f"rotated probes have shape {coded.shape}, the probes {probes.shape}")
+    return np.ascontiguousarray(coded, dtype=np.float32)
 
 
 def _worth(positions: np.ndarray, est: np.ndarray, reach: float) -> np.ndarray:

@@ -47,7 +47,6 @@ SHARD_FORMAT = 2  # 2: meta.json sealed, with the size and SHA-256 of every file
 # The files whose hashes meta.json records (removed.npy only in shards that removed rows).
 SHARD_FILES = ("index.faiss", "vectors.bin", "row_ids.npy", "rows.parquet", "enrolment_keys.npy", "enrolment_order.npy")
 DEFAULT_VERIFY_ON_OPEN = 256 << 20
-_RERANK_BYTES = 64 << 20  # float32 working set of one re-rank chunk
 
 
 @dataclass(frozen=True)
@@ -318,30 +317,18 @@ class Shard:
         row_ids = self.row_ids[positions]
         return {e: int(r) for e, r in zip(ids, row_ids) if e in want}
 
-    def exact_scores(self, probes: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Exact cosines of each probe with the rows at ``positions`` (``-1`` gives -inf)."""
-        m, k = positions.shape
-        out = np.full((m, k), -np.inf, dtype=np.float32)
-        per_chunk = max(1, _RERANK_BYTES // (4 * self.meta.dim * max(k, 1)))
-        for lo in range(0, m, per_chunk):
-            pos = positions[lo:lo + per_chunk]
-            valid = pos >= 0
-            gathered = np.asarray(self.vectors[np.where(valid, pos, 0)], dtype=np.float32)
-            scores = np.einsum("md,mkd->mk", probes[lo:lo + per_chunk], gathered)
-            out[lo:lo + per_chunk] = np.where(valid, scores, -np.inf)
-        return out
-
     def search(self, probes: np.ndarray, params: SearchParams,
-               coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+               coarse: tuple[np.ndarray, np.ndarray] | None = None, coded: np.ndarray | None = None) -> Candidates:
         """Every live row with exact cosine >= threshold, per probe (see ``SearchParams`` and
-        ``dedup.index.search``; ``coarse``: the probes' nearest lists, when already known)."""
+        ``dedup.index.search``; ``coarse``: the probes' nearest lists, and ``coded``: the
+        probes in the index's space, when already known)."""
         from dedup.index.search import threshold_search
 
         self.ensure_verified()  # no result from exact vectors that fail their hash
         probes = np.ascontiguousarray(probes, dtype=np.float32)
         if self.meta.live == 0 or probes.shape[0] == 0:
             return Candidates.empty(probes.shape[0])
-        return threshold_search(self, probes, params, coarse)
+        return threshold_search(self, probes, params, coarse, coded)
 
     def without(self, row_ids: np.ndarray, parent: Path) -> Path:
         """Write a new shard equal to this one minus ``row_ids``; returns its path."""
