@@ -40,6 +40,7 @@ ENGINES = ("exact", "faiss-refine", "hnsw", "scann")
 ALIASES = {"flat": "exact"}  # the exact baseline's old name
 # Largest float32 copy of the gallery held in RAM for the exact and faiss-refine baselines.
 MAX_RAM_VECTORS = 6 << 30
+FRESH_PAIRS = 60_000  # fresh captures paired with gallery rows for the list coverage (plus planted duplicates)
 
 
 @dataclass(frozen=True)
@@ -388,18 +389,24 @@ def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train
     del sample
     add_s = 0.0
     advance = reporter.stage("generate + add", data.spec.gallery_size)
-    # Planted duplicates and their first captures (same block): pairs found without the
-    # search, for the gallery's list coverage (dedup.index.coverage).
-    planted: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    # Pairs found without the search, for the gallery's list coverage (dedup.index.coverage):
+    # the planted duplicates with their first captures (same block), and fresh captures of
+    # a seeded sample of FRESH_PAIRS rows with those rows (as a deployment's labelled set
+    # would be): enough pairs that the recall target's miss allowance is not one or two.
+    pairs: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     n_planted = 0
+    fresh_per_block = -(-FRESH_PAIRS // max(1, data.n_blocks))
+    pick = np.random.default_rng([data.spec.seed, 63])
     with gallery.writer() as writer:
-        for blk in _blocks(data, advance):
+        for b, blk in enumerate(_blocks(data, advance)):
             truth.observe(blk.row_ids, blk.vectors)
-            if n_planted < MAX_PAIRS:
-                dup = np.flatnonzero(blk.duplicate)[: MAX_PAIRS - n_planted]
-                planted[0].append(blk.vectors[dup])
-                planted[1].append(blk.vectors[blk.identity[dup] - blk.row_ids[0]])
-                n_planted += dup.size
+            dup = np.flatnonzero(blk.duplicate)[: max(0, MAX_PAIRS - FRESH_PAIRS - n_planted)]
+            pairs[0].append(blk.vectors[dup])
+            pairs[1].append(blk.vectors[blk.identity[dup] - blk.row_ids[0]])
+            n_planted += dup.size
+            local = np.sort(pick.choice(blk.row_ids.size, size=min(fresh_per_block, blk.row_ids.size), replace=False))
+            pairs[0].append(data.fresh_captures(b, blk.row_ids[local]))
+            pairs[1].append(blk.vectors[local])
             if keep is not None:
                 keep[blk.row_ids] = blk.vectors
             ids = [f"synth-{r}" for r in blk.row_ids.tolist()]
@@ -410,11 +417,12 @@ def _build(data: SyntheticData, index_settings: IndexSettings, root: Path, train
         t0 = time.perf_counter()
     add_s += time.perf_counter() - t0  # shard files written on leaving the block
     gallery = Gallery.open(root, index_settings)
-    if planted[0]:
+    if pairs[0]:
         codec = gallery.codec
         assert codec is not None
-        gallery.save_coverage(measure_coverage(codec.trained, codec.version, np.concatenate(planted[0]),
-                                               np.concatenate(planted[1]), "planted duplicates of the bench gallery"))
+        gallery.save_coverage(measure_coverage(codec.trained, codec.version, np.concatenate(pairs[0]),
+                                               np.concatenate(pairs[1]),
+                                               "planted duplicates and fresh captures of the bench gallery's rows"))
     return gallery, {"train_s": train_s, "add_s": add_s}
 
 

@@ -51,7 +51,7 @@ BLOCK = 65_536  # gallery rows per generation block (fixed: changing it changes 
 ANCHORS = Path(__file__).parent / "anchors"
 
 # RNG stream identifiers (the middle element of every seed sequence).
-_S_PROFILE, _S_IDENTITY, _S_CAPTURE, _S_PROBE_PLAN, _S_PROBE_CAPTURE, _S_NONMATED, _S_RECAPTURE = range(7)
+_S_PROFILE, _S_IDENTITY, _S_CAPTURE, _S_PROBE_PLAN, _S_PROBE_CAPTURE, _S_NONMATED, _S_RECAPTURE, _S_FRESH = range(8)
 
 
 @dataclass(frozen=True)
@@ -470,6 +470,22 @@ class SyntheticData:
         base = self._identity_vectors(ids.z[r:r + 1], ids.group[r:r + 1], ids.cluster[r:r + 1])
         rng = np.random.default_rng([self.spec.seed, _S_RECAPTURE, row])
         vectors, _ = self._capture(np.repeat(base, n, axis=0), rng)
+        return vectors
+
+
+    def fresh_captures(self, block: int, rows: np.ndarray) -> np.ndarray:
+        """One further capture (unit float32) of the identity of each gallery row in ``rows``
+        (all in ``block``), which neither the gallery nor the probes hold: with its row, a
+        mated pair found without any search (``dedup bench`` measures list coverage on them).
+        Deterministic per (seed, block, rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lo = block * BLOCK
+        if rows.size and (rows.min() < lo or rows.max() >= min(lo + BLOCK, self.spec.gallery_size)):
+            raise InvalidParameter(f"rows must lie in block {block}")
+        ids = self._identities(block)
+        roots = ids.root[rows - lo]
+        base = self._identity_vectors(ids.z[roots], ids.group[roots], ids.cluster[roots])
+        vectors, _ = self._capture(base, np.random.default_rng([self.spec.seed, _S_FRESH, block]))
         return vectors
 
 

@@ -213,7 +213,8 @@ def gallery_coverage_command(
     in_force = threshold_in_force(gallery.model_id, len(gallery), settings, home_dir(home))
     summary = coverage.summary(in_force.value, settings.search.recall_target)
     _keep_coverage(dep, actor, gallery, coverage, {
-        k: summary[k] for k in ("pairs", "pairs_at_threshold", "threshold", "recall_target", "nprobe", "source")})
+        k: summary[k] for k in ("pairs", "pairs_at_threshold", "threshold", "recall_target", "nprobe", "list_gap",
+                             "source")})
     summary["configured_nprobe"] = settings.search.nprobe
     if as_json:
         print_json(summary)
@@ -225,7 +226,8 @@ def gallery_coverage_command(
                    f"search.nprobe = {settings.search.nprobe}")
     else:
         typer.echo(f"at the threshold in force {in_force.value:.4f}: {summary['pairs_at_threshold']:,} pairs, mates up to "
-                   f"rank {summary['max_rank_at_threshold']}; the search visits {summary['nprobe']} lists per probe "
+                   f"rank {summary['max_rank_at_threshold']}; a probe visits those of its {summary['nprobe']} nearest "
+                   f"lists within {summary['list_gap']:.4f} (squared L2) of its nearest one "
                    f"(search.nprobe = {settings.search.nprobe} applies without a measurement)")
 
 

@@ -23,10 +23,20 @@ measured pairs scoring ``>= t`` miss at most ``1 - recall_target`` with 95% conf
 Wilson interval's upper end: ``dedup.evaluation.stats``). That needs about 3.8 / (1 -
 recall_target) pairs above ``t`` (3,838 at 0.999) even when none misses; with fewer, or no
 measurement for the current codec, the configured ``search.nprobe`` holds.
+
+Most probes need far fewer than ``k`` lists. With each pair's rank, its **list gap** is
+measured too: how much farther (squared L2, the coarse step's unit) the mate's list is from
+the probe than the probe's nearest list, the larger of the two ways. A probe whose mate sits
+30th is a probe between many lists at almost equal distance; a new person far from every
+list but one has one list near and the rest far. So a probe visits, of its ``k`` nearest
+lists, only those within the measured gap of its nearest one (``search_plan``: the misses
+the bound allows are shared between the largest gaps and the largest ranks). A coverage file written before gaps were measured (format 1)
+gives no gap: every probe visits its ``k`` lists.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +51,9 @@ from dedup.index.integrity import bytes_digest, unseal
 from dedup.index.rotation import ivf_of, to_index_space
 
 MAX_PAIRS = 100_000   # pairs kept (a seeded sample beyond): enough for a 0.99999 target
+# Added to a measured gap: the search's coarse distances (``nearest_lists``) and the
+# measurement's (``distances``) may differ in the last bit (about 1e-7 at these magnitudes).
+GAP_MARGIN = 1e-5
 CONFIDENCE = 0.95
 _CHUNK = 4096
 
@@ -55,6 +68,7 @@ class ListCoverage:
     ranks: np.ndarray            # int32, the larger of the pair's two list ranks
     nlist: int
     measured_at: float
+    gaps: np.ndarray | None = None  # float32, the larger of the pair's two list gaps (None: format 1)
 
     @property
     def pairs(self) -> int:
@@ -76,34 +90,78 @@ class ListCoverage:
                 return min(k, self.nlist)
         return None
 
+    def search_plan(self, threshold: float, recall_target: float) -> tuple[int, float | None] | None:
+        """``(nprobe, list_gap)`` for a search at ``threshold`` that holds ``recall_target``
+        (see the module docstring), or ``None`` when the pairs above ``threshold`` are too few
+        to tell. Without measured gaps (format 1) it is ``(nprobe_for(...), None)``.
+
+        With gaps, the misses the Wilson bound allows are shared: half go to the pairs with
+        the largest gaps (the gap decides how many lists a probe visits), the rest to the
+        largest ranks among the pairs the gap keeps (the count caps a probe between many
+        lists, and a larger count makes the coarse step dearer). Measured at 1M rows, an
+        even share visits fewer lists than either extreme at 128-d, and as few as the best
+        at 512-d. A margin covers the last bit of the coarse distances (``GAP_MARGIN``)."""
+        if self.gaps is None:
+            k = self.nprobe_for(threshold, recall_target)
+            return None if k is None else (k, None)
+        if not 0.0 < recall_target < 1.0:
+            return None
+        above = self.scores >= threshold
+        ranks, gaps = self.ranks[above], self.gaps[above]
+        n = int(ranks.size)
+        allowed = 1.0 - recall_target
+        if n == 0 or wilson_interval(0, n, CONFIDENCE)[1] > allowed:
+            return None
+        misses = 0
+        while misses < n and wilson_interval(misses + 1, n, CONFIDENCE)[1] <= allowed:
+            misses += 1
+        # Pairs above the largest kept gap (ties kept) are at most ``misses // 2`` ...
+        gap = float(np.sort(gaps)[::-1][misses // 2]) if misses // 2 < n else 0.0
+        kept = gaps <= gap
+        # ... and kept pairs at or beyond the list count at most the rest.
+        spare = misses - int(n - kept.sum())
+        kept_ranks = np.sort(ranks[kept])[::-1]
+        nprobe = int(kept_ranks[spare]) + 1 if spare < kept_ranks.size else 1
+        return min(nprobe, self.nlist), gap + GAP_MARGIN
+
     def summary(self, threshold: float, recall_target: float) -> dict[str, Any]:
         """What the measurement says at ``threshold``, for reports (no pair-level data)."""
         above = self.ranks[self.scores >= threshold]
+        plan = self.search_plan(threshold, recall_target)
         return {
             "codec_version": self.codec_version, "source": self.source, "pairs": self.pairs,
             "pairs_at_threshold": int(above.size), "threshold": threshold, "recall_target": recall_target,
             "max_rank_at_threshold": int(above.max()) if above.size else None,
-            "nprobe": self.nprobe_for(threshold, recall_target), "measured_at": self.measured_at,
+            "nprobe": plan[0] if plan else None, "list_gap": plan[1] if plan else None,
+            "measured_at": self.measured_at,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, "codec_version": self.codec_version, "source": self.source, "nlist": self.nlist,
-                "measured_at": self.measured_at, "scores": [round(float(s), 6) for s in self.scores],
-                "ranks": [int(r) for r in self.ranks]}
+        out = {"format": 2 if self.gaps is not None else 1, "codec_version": self.codec_version,
+               "source": self.source, "nlist": self.nlist, "measured_at": self.measured_at,
+               "scores": [round(float(s), 6) for s in self.scores], "ranks": [int(r) for r in self.ranks]}
+        if self.gaps is not None:
+            # Rounded up, so a stored gap is never smaller than the measured one.
+            out["gaps"] = [math.ceil(float(g) * 1e7) / 1e7 for g in self.gaps]
+        return out
 
     @staticmethod
     def from_dict(data: dict[str, Any], where: str) -> ListCoverage:
         try:
-            if data["format"] != 1:
+            if data["format"] not in (1, 2):
                 raise ValueError(f"format {data['format']} is not supported")
+            gaps = np.asarray(data["gaps"], dtype=np.float32) if data["format"] == 2 else None
             out = ListCoverage(str(data["codec_version"]), str(data["source"]),
                                np.asarray(data["scores"], dtype=np.float32), np.asarray(data["ranks"], dtype=np.int32),
-                               int(data["nlist"]), float(data["measured_at"]))
+                               int(data["nlist"]), float(data["measured_at"]), gaps)
         except (TypeError, KeyError, ValueError) as exc:
             raise GalleryError(f"{where}: unreadable list coverage ({exc})") from None
         if out.scores.shape != out.ranks.shape or out.scores.ndim != 1 or (out.ranks < 0).any() \
                 or (out.ranks >= out.nlist).any():
             raise GalleryError(f"{where}: list coverage has inconsistent pairs")
+        if out.gaps is not None and (out.gaps.shape != out.scores.shape or not np.isfinite(out.gaps).all()
+                                     or (out.gaps < 0).any()):
+            raise GalleryError(f"{where}: list coverage has inconsistent gaps")
         return out
 
 
@@ -135,15 +193,18 @@ def own_lists(index: Any, vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def list_ranks(index: Any, probes: np.ndarray, lists: np.ndarray) -> np.ndarray:
+def list_ranks(index: Any, probes: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank of ``lists[i]`` among ``probes[i]``'s lists by the search's coarse distances
-    (0: the nearest; lists at an equal distance count as nearer)."""
-    out = np.empty(probes.shape[0], dtype=np.int32)
+    (0: the nearest; lists at an equal distance count as nearer), and its gap: how much
+    farther it is than the nearest (squared L2)."""
+    ranks = np.empty(probes.shape[0], dtype=np.int32)
+    gaps = np.empty(probes.shape[0], dtype=np.float32)
     for lo in range(0, probes.shape[0], _CHUNK):
         d = distances(index, probes[lo:lo + _CHUNK])
         own = d[np.arange(d.shape[0]), lists[lo:lo + _CHUNK]]
-        out[lo:lo + _CHUNK] = (d <= own[:, None]).sum(axis=1) - 1
-    return out
+        ranks[lo:lo + _CHUNK] = (d <= own[:, None]).sum(axis=1) - 1
+        gaps[lo:lo + _CHUNK] = own - d.min(axis=1)
+    return ranks, gaps
 
 
 def measure_coverage(index: Any, codec_version: str, a: np.ndarray, b: np.ndarray, source: str,
@@ -157,8 +218,10 @@ def measure_coverage(index: Any, codec_version: str, a: np.ndarray, b: np.ndarra
         keep = np.sort(np.random.default_rng([seed, 61]).choice(a.shape[0], MAX_PAIRS, replace=False))
         a, b = a[keep], b[keep]
     scores = np.einsum("ij,ij->i", a, b).astype(np.float32)
-    ranks = np.maximum(list_ranks(index, a, own_lists(index, b)), list_ranks(index, b, own_lists(index, a)))
-    return ListCoverage(codec_version, source, scores, ranks.astype(np.int32), int(ivf_of(index).nlist), time.time())
+    rank_ab, gap_ab = list_ranks(index, a, own_lists(index, b))
+    rank_ba, gap_ba = list_ranks(index, b, own_lists(index, a))
+    return ListCoverage(codec_version, source, scores, np.maximum(rank_ab, rank_ba).astype(np.int32),
+                        int(ivf_of(index).nlist), time.time(), np.maximum(gap_ab, gap_ba).astype(np.float32))
 
 
 def identity_pairs(identity: np.ndarray, limit: int = MAX_PAIRS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

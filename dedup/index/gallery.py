@@ -181,7 +181,7 @@ class Gallery:
         self._shards: dict[str, Shard] = {}
         self._codec: Codec | None = None
         self._coverage: tuple[str, ListCoverage | None] | None = None  # (codec version, what was read)
-        self._measured_nprobe: dict[tuple[str, float, float], int | None] = {}
+        self._measured_nprobe: dict[tuple[str, float, float], tuple[int, float | None] | None] = {}
         self._id_map: tuple[np.ndarray, Any] | None = None
 
     # ------------------------------------------------------------------ opening
@@ -365,8 +365,9 @@ class Gallery:
     def with_measured(self, params: SearchParams) -> SearchParams:
         """``params`` carrying what was measured for the gallery's codec: its search bounds
         (unless they carry their own) and, with a ``recall_target``, the list count its list
-        coverage holds at the threshold (``dedup.index.coverage``; the configured ``nprobe``
-        where there is none, or too few pairs)."""
+        coverage holds at the threshold, and the list gap within which a probe visits them
+        (``dedup.index.coverage``; the configured ``nprobe`` and no gap where there is none,
+        or too few pairs)."""
         codec = self.codec
         if params.bounds is None and codec is not None and codec.bounds is not None:
             params = replace(params, bounds=codec.bounds)
@@ -374,11 +375,11 @@ class Gallery:
             coverage = self.coverage
             key = (self.manifest.coverage_sha256, params.threshold, params.recall_target)
             if key not in self._measured_nprobe:  # a search per request must not re-sort the pairs
-                self._measured_nprobe[key] = (coverage.nprobe_for(params.threshold, params.recall_target)
+                self._measured_nprobe[key] = (coverage.search_plan(params.threshold, params.recall_target)
                                               if coverage is not None else None)
-            nprobe = self._measured_nprobe[key]
-            if nprobe is not None:
-                params = replace(params, nprobe=nprobe, nprobe_source="measured")
+            plan = self._measured_nprobe[key]
+            if plan is not None:
+                params = replace(params, nprobe=plan[0], nprobe_source="measured", list_gap=plan[1])
         return params
 
     def enrolment_ids(self, row_ids: np.ndarray) -> list[str]:

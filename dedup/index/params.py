@@ -33,7 +33,10 @@ class SearchParams:
     ``nprobe`` is the configured list count. With ``recall_target`` above 0 the gallery
     replaces it (``Gallery.with_measured``) by the fewest lists that hold that duplicate
     recall on its measured list coverage (``dedup.index.coverage``), where it has one with
-    enough pairs at the threshold; ``nprobe_source`` then says ``"measured"``.
+    enough pairs at the threshold; ``nprobe_source`` then says ``"measured"``. The same
+    measurement gives ``list_gap``: in its first round a probe visits only those of its
+    ``nprobe`` lists within that gap (squared L2) of its nearest one, the two chosen together
+    to hold the recall target (deepening rounds visit every list they count).
     """
 
     threshold: float
@@ -46,6 +49,7 @@ class SearchParams:
     bounds: SearchBounds | None = None
     recall_target: float = 0.999
     nprobe_source: str = "configured"
+    list_gap: float | None = None
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -62,6 +66,8 @@ class SearchParams:
             raise InvalidParameter(f"deepen_margin must be >= 0, got {self.deepen_margin}")
         if not 0.0 <= self.recall_target < 1.0:
             raise InvalidParameter(f"recall_target must be in [0, 1), got {self.recall_target}")
+        if self.list_gap is not None and not self.list_gap >= 0.0:
+            raise InvalidParameter(f"list_gap must be >= 0, got {self.list_gap}")
 
     @staticmethod
     def from_settings(settings: SearchSettings, threshold: float | None = None) -> SearchParams:

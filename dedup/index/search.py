@@ -2,21 +2,24 @@
 
 Two ways, same answer contract (``SearchParams``):
 
-- **fixed** (``fixed_search``): FAISS visits the probe's ``nprobe`` nearest lists and proposes
-  its ``depth`` best rows by PQ estimate; all are re-ranked exactly; a probe whose last
-  proposal is still at the threshold is searched again four times deeper, twice as wide.
-- **threshold-aware** (``threshold_search``, the default when the codec has measured
-  ``bounds``): the question is "is anything above t?", and most probes are new people far
-  from everyone. From the coarse distances alone, each probe visits only those of its
-  ``nprobe`` nearest lists within the codec's measured ``list_gap`` of its nearest one
-  (skipped lists are ``-1`` in one ``search_preassigned`` call per block, so no probe is
-  split off into a small call). Of the proposals, only rows whose PQ estimate is within the
-  measured ``est_error`` of the threshold distance are re-ranked, gathered from the memory
-  map in one sorted, vectorised read. Probes that must deepen continue as in the fixed
-  search (no list pruning there: deepening is the cautious path).
+- **fixed** (``fixed_search``, the default): FAISS visits the probe's ``nprobe`` nearest
+  lists and proposes its ``depth`` best rows by PQ estimate; all are re-ranked exactly; a
+  probe whose last proposal is still at the threshold is searched again four times deeper,
+  twice as wide. Where the gallery measured its list coverage (``dedup.index.coverage``),
+  the first round visits, of the ``nprobe`` lists, only those within the measured
+  ``list_gap`` of the probe's nearest (``within_gap``): a new person far from everyone is
+  searched in a few lists, a probe between many lists in all of them. Skipped lists are
+  ``-1`` in one ``search_preassigned`` call per block, so no probe is split off into a small
+  call.
+- **threshold-aware** (``threshold_search``, with ``search.early_exit`` and a codec with
+  measured ``bounds``): the question is "is anything above t?". Each probe also skips the
+  lists beyond the codec's own measured gap, and of the proposals only rows whose PQ
+  estimate is within the measured ``est_error`` of the threshold distance are re-ranked.
+  Probes that must deepen continue as in the fixed search (no list pruning there:
+  deepening is the cautious path).
 
-Both round bounds the codec measured on its own training data (largest seen, never a fixed
-margin): a threshold below the measured grid falls back to the fixed search.
+The codec's bounds are the largest seen on its own training data (never a fixed margin): a
+threshold below their grid falls back to the fixed search.
 """
 
 from __future__ import annotations
@@ -147,10 +150,13 @@ def _round(shard: Any, probes: np.ndarray, todo: np.ndarray, positions: np.ndarr
 
 
 def _deepen(shard: Any, probes: np.ndarray, coded: np.ndarray, todo: np.ndarray, params: SearchParams, depth: int,
-            nprobe: int, depth_cap: int, found: _Found, coarse: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+            nprobe: int, depth_cap: int, found: _Found, coarse: tuple[np.ndarray, np.ndarray] | None = None,
+            first: bool = True) -> None:
     """The fixed search's rounds from ``depth``/``nprobe`` on, for the probes in ``todo``
     (``coded``: the probes in the index's space, rotated once by the caller; ``coarse``: the
     nearest lists of the probes in ``todo`` when already known, used by the first round).
+    The ``first`` round visits only the lists within the measured ``list_gap``
+    (``within_gap``); deepening rounds visit all they count.
 
     The coarse step is ours (``nearest_lists``), not FAISS's: FAISS switches between a BLAS
     and a scalar distance loop by batch size, so the same probe could get other lists (and
@@ -164,13 +170,25 @@ def _deepen(shard: Any, probes: np.ndarray, coded: np.ndarray, todo: np.ndarray,
             else:
                 dist, lists = nearest_lists(shard.index, coded[todo], nprobe, rotated=True)
             coarse = None
+            if first:
+                lists = within_gap(dist, lists, params.list_gap)
             _, positions = search_preassigned(shard.index, coded[todo], depth, lists, dist, rotated=True)
         else:  # e.g. a faiss GPU index: FAISS's own coarse step
             _, positions = shard.index.search(probes[todo], depth, params=ivf_params(shard.index, nprobe))
         scores = rerank(shard.vectors, probes[todo], positions, positions >= 0)
         todo = _round(shard, probes, todo, positions, scores, params, depth, nprobe, depth_cap, found)
+        first = False
         depth = min(depth * 4, depth_cap)
         nprobe = min(nprobe * 2, nlist)
+
+
+def within_gap(dist: np.ndarray, lists: np.ndarray, gap: float | None) -> np.ndarray:
+    """``lists`` (nearest first, with their squared distances ``dist``) with those more than
+    ``gap`` farther than the probe's nearest set to ``-1``, which FAISS skips; all of them
+    when there is no gap."""
+    if gap is None or lists.shape[1] == 0:
+        return lists
+    return np.where(dist - dist[:, :1] <= gap, lists, -1)
 
 
 def cpu_ivf(index: Any) -> bool:
@@ -226,7 +244,7 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
     if coarse is None or coarse[1].shape[1] < nprobe:
         coarse = nearest_lists(shard.index, coded, nprobe, rotated=True)
     dist = np.ascontiguousarray(coarse[0][:, :nprobe])
-    lists = np.ascontiguousarray(coarse[1][:, :nprobe])
+    lists = within_gap(dist, np.ascontiguousarray(coarse[1][:, :nprobe]), params.list_gap)  # the fixed first round's
     inside = dist - dist[:, :1] <= gap
     est, positions = search_preassigned(shard.index, coded, depth, np.where(inside, lists, -1), dist, rotated=True)
     reach = max(0.0, 2.0 - 2.0 * t) + est_error  # squared L2: estimates above this cannot reach t
@@ -237,14 +255,14 @@ def threshold_search(shard: Any, probes: np.ndarray, params: SearchParams,
         # A probe with a hit is searched as the fixed search would (its round-one hits kept).
         hp, hk = np.nonzero(scores[hit] >= t)
         found.add(hit[hp], shard.row_ids[positions[hit[hp], hk]], scores[hit[hp], hk])
-        wide = hit[~inside[hit].all(axis=1)]
+        wide = hit[(~inside[hit] & (lists[hit] >= 0)).any(axis=1)]
         if wide.size:
             _, positions[wide] = search_preassigned(shard.index, coded[wide], depth, lists[wide], dist[wide], rotated=True)
         scores[hit] = rerank(shard.vectors, probes[hit], positions[hit], positions[hit] >= 0)
     todo = _round(shard, probes, np.arange(n), positions, scores, params, depth, nprobe, depth_cap, found)
     if todo.size:
         _deepen(shard, probes, coded, todo, params, min(depth * 4, depth_cap),
-                min(nprobe * 2, int(ivf_of(shard.index).nlist)), depth_cap, found)
+                min(nprobe * 2, int(ivf_of(shard.index).nlist)), depth_cap, found, first=False)
     return found.result(params.max_candidates)
 
 

@@ -50,10 +50,11 @@ def _measured(root: Path, data: SyntheticData) -> tuple[Gallery, ListCoverage, n
     return g, measure_coverage(g.codec.trained, g.codec.version, a, b, "planted"), a
 
 
-def _coverage(ranks: list[int], scores: list[float] | None = None, nlist: int = 2048) -> ListCoverage:
+def _coverage(ranks: list[int], scores: list[float] | None = None, nlist: int = 2048,
+              gaps: list[float] | None = None) -> ListCoverage:
     r = np.asarray(ranks, dtype=np.int32)
     s = np.full(r.size, 0.99, np.float32) if scores is None else np.asarray(scores, np.float32)
-    return ListCoverage("v", "test", s, r, nlist, 0.0)
+    return ListCoverage("v", "test", s, r, nlist, 0.0, None if gaps is None else np.asarray(gaps, np.float32))
 
 
 def test_a_rank_is_where_the_search_s_coarse_step_puts_the_mate_s_list(gallery: Gallery, planted: SyntheticData) -> None:
@@ -130,6 +131,89 @@ def test_pairs_above_the_threshold_decide_not_the_others() -> None:
     assert cov.nprobe_for(0.4, 0.999) == 901
 
 
+def test_a_gap_is_how_much_farther_the_mates_list_is_than_the_nearest(gallery: Gallery,
+                                                                     planted: SyntheticData) -> None:
+    codec = gallery.codec
+    assert codec is not None
+    a, b = _pairs(planted)
+    a, b = a[:400], b[:400]
+    cov = measure_coverage(codec.trained, codec.version, a, b, "test")
+    assert cov.gaps is not None
+    want = []
+    for x, y in ((a, b), (b, a)):
+        dist, lists = nearest_lists(codec.trained, x, codec.nlist)
+        at = np.argmax(lists == own_lists(codec.trained, y)[:, None], axis=1)
+        want.append(dist[np.arange(x.shape[0]), at] - dist[:, 0])
+    np.testing.assert_allclose(cov.gaps, np.maximum(*want), rtol=0, atol=1e-6)
+    assert (cov.gaps[cov.ranks == 0] <= 1e-6).all()  # the nearest list is no farther than itself
+
+
+def test_the_plan_shares_the_miss_allowance_between_gaps_and_ranks() -> None:
+    rng = np.random.default_rng(8)
+    n = 40_000
+    ranks = np.minimum(rng.geometric(0.2, size=n) - 1, 300)
+    gaps = rng.exponential(0.005, size=n) * (1 + ranks / 10)
+    for target in (0.99, 0.999):
+        cov = _coverage(ranks.tolist(), gaps=gaps.tolist())
+        plan = cov.search_plan(0.9, target)
+        assert plan is not None and plan[1] is not None
+        k, gap = plan
+        missed = int(((ranks >= k) | (gaps > gap)).sum())
+        assert wilson_interval(missed, n, 0.95)[1] <= 1 - target       # the plan holds the target
+        assert (gaps > gap).sum() > 0 and (ranks >= k).sum() > 0         # both took part of the allowance
+        assert k <= ranks.max() and gap < gaps.max()  # neither had to reach its largest
+    # No allowance (0 of 4,000 at 0.999): every pair is kept, the count one past the largest rank.
+    cov = _coverage([0, 3, 9, 1] * 1000, gaps=[0.0, 0.01, 0.02, 0.005] * 1000)
+    k, gap = cov.search_plan(0.9, 0.999)  # type: ignore[misc]
+    assert k == 10 and 0.02 <= gap < 0.0201
+    # Too few pairs, or none above the threshold: no plan, as for the count alone.
+    assert _coverage([0] * 3000, gaps=[0.0] * 3000).search_plan(0.9, 0.999) is None
+    assert _coverage([0] * 4000, scores=[0.8] * 4000, gaps=[0.0] * 4000).search_plan(0.9, 0.999) is None
+    # Without gaps (a format-1 file), the plan is the count alone.
+    assert _coverage([0, 1, 2, 3, 4] * 2000).search_plan(0.9, 0.999) == (5, None)
+
+
+def test_a_coverage_file_keeps_its_gaps_and_one_without_them_still_reads() -> None:
+    cov = _coverage([0, 2, 5] * 10, gaps=[0.0, 0.0123456789, 0.5] * 10, nlist=64)
+    back = ListCoverage.from_dict(json.loads(json.dumps(cov.to_dict())), "test")
+    assert back.gaps is not None and (back.gaps >= cov.gaps).all() and np.allclose(back.gaps, cov.gaps, atol=1e-6)
+    old = cov.to_dict()
+    old["format"] = 1
+    del old["gaps"]
+    assert ListCoverage.from_dict(old, "test").gaps is None
+    bad = cov.to_dict()
+    bad["gaps"] = bad["gaps"][:-1]
+    with pytest.raises(GalleryError, match="inconsistent gaps"):
+        ListCoverage.from_dict(bad, "test")
+    bad["gaps"] = [-1.0] * 30
+    with pytest.raises(GalleryError, match="inconsistent gaps"):
+        ListCoverage.from_dict(bad, "test")
+
+
+def test_the_measured_gap_loses_no_kept_pair_the_lists_find(tmp_path: Path, planted: SyntheticData) -> None:
+    """Every measured pair above the threshold with a rank below the count and a gap within
+    the gap that the search of all the count's lists finds, the search within the gap finds
+    too (the PQ depth, not the gap, decides the others), and it visits fewer lists."""
+    g, cov, a = _measured(tmp_path / "g", planted)
+    g.save_coverage(cov)
+    t = 0.9
+    gallery = Gallery.open(tmp_path / "g", SETTINGS)
+    params = gallery.with_measured(SearchParams(threshold=t, depth=64, max_candidates=10_000))
+    assert params.nprobe_source == "measured" and params.list_gap is not None and cov.gaps is not None
+    every_list = dataclasses.replace(params, list_gap=None)
+    gal = planted.gallery()
+    dup = np.flatnonzero(gal.duplicate)
+    keep = (cov.scores >= t) & (cov.ranks < params.nprobe) & (cov.gaps <= params.list_gap - 1e-5)
+    assert keep.sum() > 1000 and keep.mean() < 1.0
+    probes = gal.vectors[dup[keep]]
+    within, everywhere = gallery.search(probes, params), gallery.search(probes, every_list)
+    lost = [i for i, row in enumerate(dup[keep]) if int(gal.identity[row]) in set(everywhere.of(i)[0].tolist())
+            and int(gal.identity[row]) not in set(within.of(i)[0].tolist())]
+    assert lost == []
+    dist, _ = nearest_lists(gallery.codec.trained, probes, params.nprobe)  # type: ignore[union-attr]
+    assert ((dist - dist[:, :1]) <= params.list_gap).sum(axis=1).mean() < 0.9 * params.nprobe
+
+
 def test_identity_pairs_are_every_pair_within_an_identity() -> None:
     identity = np.array([7, 3, 7, 9, 7, 3, 1])
     left, right = identity_pairs(identity)
@@ -149,16 +233,17 @@ def test_the_gallery_searches_with_the_measured_count_and_reopens_with_it(
         tmp_path: Path, planted: SyntheticData) -> None:
     g, cov, a = _measured(tmp_path / "g", planted)
     t = 0.9
-    want = cov.nprobe_for(t, 0.999)
-    assert want is not None, f"{int((cov.scores >= t).sum())} pairs above {t}: the fixture needs more"
+    plan = cov.search_plan(t, 0.999)
+    assert plan is not None, f"{int((cov.scores >= t).sum())} pairs above {t}: the fixture needs more"
+    want, gap = plan
     assert g.with_measured(SearchParams(threshold=t)).nprobe_source == "configured"  # not measured yet
     g.save_coverage(cov)
     again = Gallery.open(tmp_path / "g", SETTINGS)
     params = again.with_measured(SearchParams(threshold=t, nprobe=3))
-    assert (params.nprobe, params.nprobe_source) == (want, "measured")
+    assert (params.nprobe, params.nprobe_source, params.list_gap) == (want, "measured", gap)
     assert again.with_measured(params) == params                       # resolved once
     pinned = again.with_measured(SearchParams(threshold=t, nprobe=3, recall_target=0.0))
-    assert (pinned.nprobe, pinned.nprobe_source) == (3, "configured")
+    assert (pinned.nprobe, pinned.nprobe_source, pinned.list_gap) == (3, "configured", None)
     assert again.stats()["list_coverage"]["pairs"] == cov.pairs
     # The measured count holds the target on pairs it was not measured on: fresh captures.
     fresh = SyntheticData(SynthSpec(planted.profile, planted.spec.gallery_size, 2000, 0.35, 1.0, planted.spec.seed))
