@@ -5,8 +5,8 @@ each comparison engine is built, then swept (``dedup.bench.baselines``) to the f
 setting that reaches that recall; then all engines, dedup and dedup's fixed search (every
 one of its lists for every probe: no list gap, no bounds; ``missed_vs_fixed_search``
 counts the pairs it finds that dedup does not) included, are timed in interleaved passes
-(``dedup.bench.timing``). Recall, FPIR and
-missed pairs come from the untimed scoring runs over the same probes as the timed ones.
+(``dedup.bench.timing``). Recall, FPIR and missed pairs come from the untimed scoring runs
+over the same probes as the timed ones.
 """
 
 from __future__ import annotations

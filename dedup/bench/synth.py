@@ -472,7 +472,6 @@ class SyntheticData:
         vectors, _ = self._capture(np.repeat(base, n, axis=0), rng)
         return vectors
 
-
     def fresh_captures(self, block: int, rows: np.ndarray) -> np.ndarray:
         """One further capture (unit float32) of the identity of each gallery row in ``rows``
         (all in ``block``), which neither the gallery nor the probes hold: with its row, a
