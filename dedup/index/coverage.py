@@ -39,7 +39,6 @@ lists.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +141,9 @@ class ListCoverage:
     def to_dict(self) -> dict[str, Any]:
         out = {"format": 2 if self.gaps is not None else 1, "codec_version": self.codec_version,
                "source": self.source, "nlist": self.nlist, "measured_at": self.measured_at,
-               "scores": [round(float(s), 6) for s in self.scores], "ranks": [int(r) for r in self.ranks]}
+               "scores": _json_float32(self.scores), "ranks": [int(r) for r in self.ranks]}
         if self.gaps is not None:
-            # Rounded up, so a stored gap is never smaller than the measured one.
-            out["gaps"] = [math.ceil(float(g) * 1e7) / 1e7 for g in self.gaps]
+            out["gaps"] = _json_float32(self.gaps)
         return out
 
     @staticmethod
@@ -166,6 +164,17 @@ class ListCoverage:
                                      or (out.gaps < 0).any()):
             raise GalleryError(f"{where}: list coverage has inconsistent gaps")
         return out
+
+
+def _json_float32(values: np.ndarray) -> list[float]:
+    """float32 values as JSON numbers that read back (as float64, then float32) to the very
+    same values, so a reopened measurement plans the very search the measured one did (a
+    rounded score can cross the threshold, a rounded gap moves the plan). Each is the
+    shortest decimal that names it, or, where reading that through float64 would round
+    otherwise, its exact value."""
+    exact = np.asarray(values, dtype=np.float32)
+    short = np.array([float(v) for v in exact.astype(str)], dtype=np.float64)
+    return np.where(short.astype(np.float32) == exact, short, exact.astype(np.float64)).tolist()
 
 
 def recorded_path(codec_dir: Path, codec_version: str, digest: str) -> Path:

@@ -176,7 +176,7 @@ def test_the_plan_shares_the_miss_allowance_between_gaps_and_ranks() -> None:
 def test_a_coverage_file_keeps_its_gaps_and_one_without_them_still_reads() -> None:
     cov = _coverage([0, 2, 5] * 10, gaps=[0.0, 0.0123456789, 0.5] * 10, nlist=64)
     back = ListCoverage.from_dict(json.loads(json.dumps(cov.to_dict())), "test")
-    assert back.gaps is not None and (back.gaps >= cov.gaps).all() and np.allclose(back.gaps, cov.gaps, atol=1e-6)
+    assert back.gaps is not None and np.array_equal(back.gaps, cov.gaps)
     old = cov.to_dict()
     old["format"] = 1
     del old["gaps"]
@@ -188,6 +188,22 @@ def test_a_coverage_file_keeps_its_gaps_and_one_without_them_still_reads() -> No
     bad["gaps"] = [-1.0] * 30
     with pytest.raises(GalleryError, match="inconsistent gaps"):
         ListCoverage.from_dict(bad, "test")
+
+
+def test_a_saved_measurement_reads_back_bit_for_bit_and_plans_the_same_search() -> None:
+    # Scores one float32 step either side of the threshold, gaps of every magnitude: a
+    # rounded copy moves pairs across the threshold and the gap by a few float32 steps.
+    rng = np.random.default_rng(3)
+    t = np.float32(0.9)
+    scores = np.concatenate([[np.nextafter(t, np.float32(0)), t, np.nextafter(t, np.float32(1))] * 200,
+                             rng.uniform(0.85, 1.0, 4_000)]).astype(np.float32)
+    gaps = np.concatenate([[0.0, np.float32(1e-12), np.float32(0.0812898576)],
+                           rng.uniform(0, 0.2, scores.size - 3) ** 3]).astype(np.float32)
+    cov = _coverage(rng.integers(0, 64, scores.size).tolist(), scores.tolist(), nlist=64, gaps=gaps.tolist())
+    back = ListCoverage.from_dict(json.loads(json.dumps(cov.to_dict())), "test")
+    assert np.array_equal(back.scores, cov.scores) and back.gaps is not None and np.array_equal(back.gaps, cov.gaps)
+    for target in (0.99, 0.999):
+        assert back.search_plan(float(t), target) == cov.search_plan(float(t), target)
 
 
 def test_the_measured_gap_loses_no_kept_pair_the_lists_find(tmp_path: Path, planted: SyntheticData) -> None:
