@@ -199,10 +199,12 @@ def test_a_saved_measurement_reads_back_bit_for_bit_and_plans_the_same_search() 
                              rng.uniform(0.85, 1.0, 4_000)]).astype(np.float32)
     gaps = np.concatenate([[0.0, np.float32(1e-12), np.float32(0.0812898576)],
                            rng.uniform(0, 0.2, scores.size - 3) ** 3]).astype(np.float32)
-    cov = _coverage(rng.integers(0, 64, scores.size).tolist(), scores.tolist(), nlist=64, gaps=gaps.tolist())
+    ranks = np.minimum(rng.geometric(0.3, scores.size) - 1, 63)
+    cov = _coverage(ranks.tolist(), scores.tolist(), nlist=64, gaps=gaps.tolist())
     back = ListCoverage.from_dict(json.loads(json.dumps(cov.to_dict())), "test")
     assert np.array_equal(back.scores, cov.scores) and back.gaps is not None and np.array_equal(back.gaps, cov.gaps)
-    for target in (0.99, 0.999):
+    assert cov.search_plan(float(t), 0.99) is not None
+    for target in (0.99, 0.995):
         assert back.search_plan(float(t), target) == cov.search_plan(float(t), target)
 
 
