@@ -173,7 +173,7 @@ def _json_float32(values: np.ndarray) -> list[float]:
     shortest decimal that names it, or, where reading that through float64 would round
     otherwise, its exact value."""
     exact = np.asarray(values, dtype=np.float32)
-    short = np.array([float(v) for v in exact.astype(str)], dtype=np.float64)
+    short = exact.astype(str).astype(np.float64)
     return np.where(short.astype(np.float32) == exact, short, exact.astype(np.float64)).tolist()
 
 
